@@ -1,0 +1,1 @@
+"""Inline and offline evaluations for fine-tuning language models with Lightning."""

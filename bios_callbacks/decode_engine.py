@@ -1,0 +1,360 @@
+"""Continuous batching: one background thread decodes every pending request together.
+
+Requests join the running batch between decode steps (their prompts are prefilled as a group
+and their cache rows appended), and each sequence leaves the batch as soon as it finishes, so
+short answers never wait for long ones and new work never waits for the whole batch to drain.
+
+Why not transformers' own `generate_batch`? On these CPU machines it decoded ~2.4x slower than
+one padded `generate` call over the same prompts; this engine is measured in `bench/sampling.py`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import secrets
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from bios_callbacks.kv_cache import BatchCache
+from bios_callbacks.token_sampling import next_tokens
+from bios_callbacks.train_flags import evaluation_mode
+from bios_callbacks.types import SampledSequence, SampleResponse, SamplingParams
+
+_SEED_STRIDE = 0x9E3779B97F4A7C15
+_SEED_MASK = (1 << 63) - 1
+
+
+@dataclass
+class Request:
+    """One `sample` call: a prompt, how many samples, how to sample, where the answer goes."""
+
+    prompt: list[int]
+    num_samples: int
+    params: SamplingParams
+    max_new_tokens: int
+    future: Future = field(default_factory=Future)
+    results: list[SampledSequence | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.results = [None] * self.num_samples
+
+    @property
+    def reserved_tokens(self) -> int:
+        return len(self.prompt) + self.max_new_tokens
+
+
+class _Sequence:
+    """The state of one sample while it decodes."""
+
+    def __init__(self, request: Request, index: int, stop_ids: set[int], tokenizer) -> None:
+        params = request.params
+        self.request, self.index, self.tokenizer = request, index, tokenizer
+        self.stop_ids = stop_ids | set(params.stop_token_ids())
+        self.stop_strings = params.stop_strings()
+        self.window = max((len(s) for s in self.stop_strings), default=0) + 2
+        base_seed = secrets.randbits(63) if params.seed is None else params.seed
+        seed = (base_seed + index * _SEED_STRIDE) & _SEED_MASK
+        self.generator = torch.Generator().manual_seed(seed)
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+
+    def uniform(self) -> float:
+        if self.request.params.temperature == 0:
+            return 0.0
+        return float(torch.rand((), generator=self.generator))
+
+    def push(self, token: int, logprob: float) -> bool:
+        """Records a token; returns True when the sequence is finished."""
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        if token in self.stop_ids or self._ends_with_stop_string():
+            self._finish("stop")
+        elif len(self.tokens) >= self.request.max_new_tokens:
+            self._finish("length")
+        else:
+            return False
+        return True
+
+    def _ends_with_stop_string(self) -> bool:
+        if not self.stop_strings:
+            return False
+        tail = self.tokenizer.decode(self.tokens[-self.window :], skip_special_tokens=False)
+        return any(s in tail for s in self.stop_strings)
+
+    def _finish(self, reason: str) -> None:
+        request = self.request
+        request.results[self.index] = SampledSequence(self.tokens, self.logprobs, reason)
+        if all(r is not None for r in request.results) and not request.future.done():
+            request.future.set_result(SampleResponse(sequences=list(request.results)))
+
+
+class _Batch:
+    """Rows decoding together: their cache, attention mask, next inputs and sampling settings."""
+
+    def __init__(self, seqs: list[_Sequence], cache: BatchCache, mask: torch.Tensor) -> None:
+        self.seqs, self.cache, self.mask = seqs, cache, mask
+        self.positions = mask.sum(dim=1)
+        self.next_input = torch.zeros_like(self.positions)
+        params = [s.request.params for s in seqs]
+        device = mask.device
+        self.temperature = torch.tensor([p.temperature for p in params], device=device)
+        self.top_k = torch.tensor([p.top_k for p in params], device=device)
+        self.top_p = torch.tensor([p.top_p for p in params], device=device)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def longest_reservation(self) -> int:
+        return max((s.request.reserved_tokens for s in self.seqs), default=0)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keeps only `rows`, then drops leading cache positions that are padding in all of them."""
+        index = torch.tensor(rows, device=self.mask.device)
+        self.seqs = [self.seqs[i] for i in rows]
+        self.cache.select_rows(index)
+        for name in ("mask", "positions", "next_input", "temperature", "top_k", "top_p"):
+            setattr(self, name, getattr(self, name)[index])
+        padding = int(self.mask.any(dim=0).int().argmax())
+        self.cache.trim_left(padding)
+        self.mask = self.mask[:, padding:]
+
+    def extend(self, other: _Batch, headroom: int) -> None:
+        """Appends the rows of `other`, left-padding the shorter cache."""
+        self.cache.append_rows(other.cache, headroom)
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        self.mask = torch.cat([_left_pad(self.mask, width), _left_pad(other.mask, width)])
+        self.seqs += other.seqs
+        for name in ("positions", "next_input", "temperature", "top_k", "top_p"):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+
+
+def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(mask, (width - mask.shape[1], 0))
+
+
+class DecodeEngine:
+    """Owns the decode thread for one model. Thread-safe `submit`; results arrive on futures.
+
+    Args:
+        model: a transformers causal LM (its weights are used in place, never copied).
+        tokenizer: its tokenizer (for stop strings and padding).
+        max_batch_size: most sequences decoding at once.
+        max_cache_tokens: bound on rows x cached positions, which bounds KV-cache memory.
+        max_prefill_tokens: bound on padded prompt tokens prefilled in one forward pass.
+        admit_window_s: when idle, how long to wait for more requests before starting, so that
+            requests issued together (e.g. by `asyncio.gather`) start as one batch.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        max_batch_size: int = 32,
+        max_cache_tokens: int = 65_536,
+        max_prefill_tokens: int = 8_192,
+        admit_window_s: float = 0.005,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size={max_batch_size}: expected at least 1.")
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch_size = max_batch_size
+        self.max_cache_tokens = max_cache_tokens
+        self.max_prefill_tokens = max_prefill_tokens
+        self.admit_window_s = admit_window_s
+        config = model.config
+        self.context_length: int | None = getattr(config, "max_position_embeddings", None)
+        self.vocab_size: int = model.get_input_embeddings().num_embeddings
+        self._stop_ids = _eos_ids(model, tokenizer)
+        self._pad_id = next(iter(self._stop_ids), 0) if tokenizer.pad_token_id is None \
+            else tokenizer.pad_token_id
+        forward_args = inspect.signature(_base_model(model).forward).parameters
+        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        self._trim_logits = "logits_to_keep" in forward_args
+        self._queue: deque[Request] = deque()
+        self._wakeup = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def submit(self, request: Request) -> Future:
+        """Queues a validated request; its future resolves to a `SampleResponse`."""
+        with self._wakeup:
+            if self._closed:
+                raise RuntimeError("This sampling client is closed; create a new one.")
+            self._queue.append(request)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="bios-decode", daemon=True)
+                self._thread.start()
+            self._wakeup.notify()
+        return request.future
+
+    def close(self) -> None:
+        """Stops the decode thread after the current step; pending requests are cancelled."""
+        with self._wakeup:
+            self._closed = True
+            self._wakeup.notify()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    # The decode thread.
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._queue and not self._closed:
+                    self._wakeup.wait()
+                if self._closed:
+                    for request in self._queue:
+                        request.future.cancel()
+                    return
+            time.sleep(self.admit_window_s)
+            with torch.no_grad(), evaluation_mode(self.model):
+                self._serve_until_idle()
+
+    def _serve_until_idle(self) -> None:
+        batch: _Batch | None = None
+        while True:
+            batch = self._admit(batch)
+            if batch is None:
+                with self._wakeup:
+                    if not self._queue:
+                        return
+                continue
+            if self._closed:
+                _fail(batch.seqs, RuntimeError("The sampling client was closed mid-request."))
+                return
+            try:
+                self._decode_step(batch)
+            except Exception as error:  # a failed step fails its requests, not the engine
+                _fail(batch.seqs, error)
+                batch = None
+
+    def _admit(self, batch: _Batch | None) -> _Batch | None:
+        """Moves queued requests that fit into the batch, prefilling them in groups.
+
+        Returns the batch, or None when nothing is decoding.
+        """
+        rows = len(batch) if batch else 0
+        longest = batch.longest_reservation() if batch else 0
+        group: list[Request] = []
+        with self._wakeup:
+            while self._queue and not self._closed:
+                request = self._queue[0]
+                new_rows = rows + request.num_samples
+                new_longest = max(longest, request.reserved_tokens)
+                too_big = (new_rows > self.max_batch_size
+                           or new_rows * new_longest > self.max_cache_tokens)
+                if too_big and rows > 0:
+                    break
+                self._queue.popleft()
+                if request.future.set_running_or_notify_cancel():
+                    group.append(request)
+                    rows, longest = new_rows, new_longest
+        for chunk in self._prefill_chunks(group):
+            try:
+                admitted = self._prefill(chunk)
+            except Exception as error:  # e.g. out of memory: fail these requests only
+                for request in chunk:
+                    request.future.set_exception(error)
+                continue
+            if batch is None:
+                batch = admitted
+            elif len(admitted):
+                batch.extend(admitted, headroom=longest)
+        return batch if batch is not None and len(batch) else None
+
+    def _prefill_chunks(self, group: list[Request]) -> list[list[Request]]:
+        chunks: list[list[Request]] = []
+        for request in group:
+            if chunks:
+                chunk = chunks[-1]
+                width = max(len(request.prompt), *(len(r.prompt) for r in chunk))
+                if (len(chunk) + 1) * width <= self.max_prefill_tokens:
+                    chunk.append(request)
+                    continue
+            chunks.append([request])
+        return chunks
+
+    def _prefill(self, requests: list[Request]) -> _Batch:
+        device = self.device
+        width = max(len(r.prompt) for r in requests)
+        ids = torch.full((len(requests), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for row, request in enumerate(requests):
+            ids[row, width - len(request.prompt) :] = torch.tensor(request.prompt)
+            mask[row, width - len(request.prompt) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        cache = BatchCache()
+        logits = self._forward(ids, mask, (mask.cumsum(1) - 1).clamp(min=0), cache, prefill=True)
+
+        repeats = torch.tensor([r.num_samples for r in requests], device=device)
+        if bool((repeats > 1).any()):
+            index = torch.repeat_interleave(torch.arange(len(requests), device=device), repeats)
+            cache.select_rows(index)
+            mask, logits = mask[index], logits[index]
+        seqs = [_Sequence(r, i, self._stop_ids, self.tokenizer)
+                for r in requests for i in range(r.num_samples)]
+        batch = _Batch(seqs, cache, mask)
+        self._advance(batch, logits)
+        return batch
+
+    def _decode_step(self, batch: _Batch) -> None:
+        mask = torch.nn.functional.pad(batch.mask, (0, 1), value=1)
+        logits = self._forward(batch.next_input[:, None], mask, batch.positions[:, None],
+                               batch.cache, prefill=False)
+        batch.mask = mask
+        batch.positions = batch.positions + 1
+        self._advance(batch, logits)
+
+    def _forward(self, ids, mask, positions, cache: BatchCache, *, prefill: bool) -> torch.Tensor:
+        kwargs = {self._cache_arg: cache}
+        if prefill and self._trim_logits:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         use_cache=True, **kwargs)
+        return out.logits[:, -1]
+
+    def _advance(self, batch: _Batch, logits: torch.Tensor) -> None:
+        """Samples each row's next token, records it, and lets finished rows leave."""
+        uniform = torch.tensor([s.uniform() for s in batch.seqs], device=logits.device)
+        tokens, logprobs = next_tokens(logits, batch.temperature, batch.top_k, batch.top_p,
+                                       uniform)
+        batch.next_input = tokens
+        pushed = zip(batch.seqs, tokens.tolist(), logprobs.tolist(), strict=True)
+        keep = [row for row, (seq, token, logprob) in enumerate(pushed)
+                if not seq.push(token, logprob)]
+        if len(keep) < len(batch):
+            batch.keep(keep)
+
+
+def _fail(seqs: list[_Sequence], error: BaseException) -> None:
+    for seq in seqs:
+        if not seq.request.future.done():
+            seq.request.future.set_exception(error)
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper, if any."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    generation_config = getattr(model, "generation_config", None)
+    eos = getattr(generation_config, "eos_token_id", None)
+    for value in (eos, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value is not None:
+            ids.update(int(v) for v in value)
+    return ids

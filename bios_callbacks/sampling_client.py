@@ -1,0 +1,129 @@
+"""Generation from a model's current weights, with concurrent requests batched together."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import torch
+
+from bios_callbacks.decode_engine import DecodeEngine, Request
+from bios_callbacks.types import ModelInput, SampleResponse, SamplingParams
+
+
+class SamplingClient:
+    """Samples from a causal LM. Concurrent `sample_async` calls decode as one batch.
+
+    Make one over a live torch module with `SamplingClient.from_module` (it shares the
+    module's weights, so it always samples the current ones), or over a saved model with
+    `ServiceClient().create_sampling_client(...)`.
+
+    Example:
+        >>> client = SamplingClient.from_module(model, tokenizer)          # doctest: +SKIP
+        >>> prompt = types.ModelInput.from_ints(tokenizer.encode("2+2="))  # doctest: +SKIP
+        >>> params = types.SamplingParams(max_tokens=4, temperature=0)     # doctest: +SKIP
+        >>> responses = await asyncio.gather(                              # doctest: +SKIP
+        ...     *(client.sample_async(prompt=prompt, num_samples=1, sampling_params=params)
+        ...       for _ in range(16)))
+    """
+
+    def __init__(self, engine: DecodeEngine, *, model_name: str | None = None) -> None:
+        self._engine = engine
+        self.model_name = model_name
+
+    @classmethod
+    def from_module(
+        cls,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        model_name: str | None = None,
+        max_batch_size: int = 32,
+        max_cache_tokens: int = 65_536,
+    ) -> SamplingClient:
+        """A client over a live transformers causal LM, sharing its weights (no copy).
+
+        While it decodes, the module is in eval mode under `torch.no_grad()`; every
+        submodule's training flag is restored when the client goes idle.
+
+        Args:
+            model: the causal LM (a transformers model, optionally wrapped by peft).
+            tokenizer: its tokenizer.
+            model_name: a name reported by integrations (e.g. Inspect logs).
+            max_batch_size: most sequences decoding at once.
+            max_cache_tokens: bound on sequences x cached positions (KV-cache memory).
+        """
+        engine = DecodeEngine(model, tokenizer, max_batch_size=max_batch_size,
+                              max_cache_tokens=max_cache_tokens)
+        return cls(engine, model_name=model_name)
+
+    @property
+    def tokenizer(self):
+        """The model's tokenizer."""
+        return self._engine.tokenizer
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model generating the samples."""
+        return self._engine.model
+
+    async def sample_async(
+        self,
+        prompt: ModelInput | Sequence[int],
+        num_samples: int = 1,
+        sampling_params: SamplingParams | None = None,
+    ) -> SampleResponse:
+        """Generates `num_samples` continuations of `prompt`.
+
+        Bad input raises here and fails this call only; other requests keep decoding.
+        """
+        request = self._request(prompt, num_samples, sampling_params)
+        return await asyncio.wrap_future(self._engine.submit(request))
+
+    def sample(
+        self,
+        prompt: ModelInput | Sequence[int],
+        num_samples: int = 1,
+        sampling_params: SamplingParams | None = None,
+    ) -> SampleResponse:
+        """Blocking version of `sample_async`."""
+        request = self._request(prompt, num_samples, sampling_params)
+        return self._engine.submit(request).result()
+
+    def close(self) -> None:
+        """Stops the decode thread. The model itself is left untouched."""
+        self._engine.close()
+
+    def __enter__(self) -> SamplingClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _request(self, prompt, num_samples: int, params: SamplingParams | None) -> Request:
+        tokens = prompt.to_ints() if isinstance(prompt, ModelInput) else [int(t) for t in prompt]
+        if not tokens:
+            raise ValueError(
+                "The prompt is empty: sampling needs at least one token. Build prompts with "
+                "renderer.build_generation_prompt(messages) or ModelInput.from_ints(ids)."
+            )
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples={num_samples!r}: expected a positive integer.")
+        vocab = self._engine.vocab_size
+        bad = [t for t in tokens if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(
+                f"The prompt has token ids outside the model's vocabulary [0, {vocab}): {bad[:5]}. "
+                "Was it tokenized with another model's tokenizer?"
+            )
+        params = params or SamplingParams()
+        max_new = params.max_tokens
+        context = self._engine.context_length
+        if context is not None:
+            if len(tokens) >= context:
+                raise ValueError(
+                    f"The prompt has {len(tokens)} tokens but the model's context holds {context}; "
+                    "shorten the prompt (e.g. fewer few-shot examples) or truncate it."
+                )
+            max_new = min(max_new, context - len(tokens))
+        return Request(tokens, num_samples, params, max_new)

@@ -1,0 +1,46 @@
+"""The entry point for sampling from a base model or a saved checkpoint."""
+
+from __future__ import annotations
+
+from bios_callbacks.sampling_client import SamplingClient
+
+
+class ServiceClient:
+    """Makes sampling clients for models by name or checkpoint path.
+
+    Args:
+        max_batch_size: most sequences a client decodes at once.
+        max_cache_tokens: bound on sequences x cached positions (KV-cache memory).
+
+    Example:
+        >>> import bios_callbacks as bios
+        >>> client = bios.ServiceClient().create_sampling_client(
+        ...     base_model="HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
+        >>> client = bios.ServiceClient().create_sampling_client(
+        ...     model_path="bios://my-run/final")                   # doctest: +SKIP
+    """
+
+    def __init__(self, *, max_batch_size: int = 32, max_cache_tokens: int = 65_536) -> None:
+        self._engine_options = {"max_batch_size": max_batch_size,
+                                "max_cache_tokens": max_cache_tokens}
+
+    def create_sampling_client(
+        self, base_model: str | None = None, model_path: str | None = None
+    ) -> SamplingClient:
+        """A client over `model_path` (a checkpoint dir or `bios://run/name`) or `base_model`.
+
+        `base_model` is a Hugging Face id (the embedded
+        `HuggingFaceTB/SmolLM2-135M-Instruct` needs no network) or a local model directory.
+        """
+        if model_path is None and base_model is None:
+            raise ValueError(
+                "create_sampling_client needs base_model= (e.g. "
+                "'HuggingFaceTB/SmolLM2-135M-Instruct') or model_path= (a checkpoint directory "
+                "or bios://<run>/<name>)."
+            )
+        from bios_callbacks.model_loading import load_model
+
+        source = model_path if model_path is not None else base_model
+        model, tokenizer = load_model(str(source))
+        return SamplingClient.from_module(model, tokenizer, model_name=base_model or str(source),
+                                          **self._engine_options)

@@ -1,0 +1,256 @@
+"""Trainer configs: the guide's keys plus model, data and optimisation settings.
+
+A config is a dataclass; build it from keyword arguments, a dict (unknown keys are an error that
+lists the valid ones) or `key=value` command-line words.
+
+Example:
+    >>> from trainers.config import SFTConfig
+    >>> cfg = SFTConfig.from_dict({"train_data": "train.jsonl", "steps": 20, "eval_every": 5})
+    >>> cfg.steps, cfg.eval_every
+    (20, 5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+EMBEDDED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+C = TypeVar("C", bound="TrainConfig")
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by the SFT and RL trainers.
+
+    Attributes:
+        model_name: hub id, the embedded model, a local HF dir, a checkpoint dir or `bios://run/name`.
+        renderer_name: chat format; default: the model's usual one (`chatml` for SmolLM2).
+        evaluator_builders: regular evaluators (zero-argument callables), run every `eval_every`.
+        eval_every: optimizer steps (SFT) or RL iterations between regular evaluations; 0 disables.
+        infrequent_evaluator_builders: expensive evaluators, run every `infrequent_eval_every`.
+        infrequent_eval_every: interval of the expensive evaluators; 0 disables.
+        steps: optimizer steps (SFT) or RL iterations to run in total.
+        batch_size: conversations (SFT) or prompts (RL) per step.
+        learning_rate: AdamW learning rate (constant after `warmup_steps`).
+        lora_rank: 0 trains all weights; > 0 trains a LoRA adapter of this rank (needs `peft`).
+        log_dir: run directory for TensorBoard logs and checkpoints; default
+            `$BIOS_CHECKPOINT_ROOT/<run_name>` (root `./runs`), so checkpoints get `bios://` paths.
+        save_every: save a checkpoint every this many steps (0: only at the end).
+        resume_from: a checkpoint written by this trainer (dir or `bios://`) to continue from.
+    """
+
+    model_name: str = EMBEDDED_MODEL
+    renderer_name: str | None = None
+    evaluator_builders: list[Callable[[], Any]] = field(default_factory=list)
+    eval_every: int = 0
+    infrequent_evaluator_builders: list[Callable[[], Any]] = field(default_factory=list)
+    infrequent_eval_every: int = 0
+    steps: int = 100
+    batch_size: int = 4
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_length: int = 512
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
+    run_name: str | None = None
+    log_dir: str | None = None
+    save_every: int = 0
+    seed: int = 0
+    resume_from: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("eval_every", "infrequent_eval_every", "save_every", "warmup_steps"):
+            _check_int(self, name, minimum=0, hint="use 0 to disable it")
+        for name in ("steps", "batch_size", "max_length"):
+            _check_int(self, name, minimum=1)
+        _check_int(self, "lora_rank", minimum=0, hint="use 0 for full fine-tuning")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate={self.learning_rate!r}: expected a positive number.")
+        for name in ("evaluator_builders", "infrequent_evaluator_builders"):
+            builders = getattr(self, name)
+            if callable(builders) or isinstance(builders, str):
+                builders = [builders]
+            builders = [_import_object(b) if isinstance(b, str) else b for b in builders]
+            for b in builders:
+                if not callable(b):
+                    raise TypeError(
+                        f"{name} entry {b!r} is not callable: expected zero-argument callables "
+                        "that return an evaluator (or 'module:attribute' strings naming one)."
+                    )
+            setattr(self, name, builders)
+        if self.run_name is None:
+            self.run_name = f"{self.kind()}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if self.log_dir is None:
+            self.log_dir = str(checkpoint_root() / self.run_name)
+
+    @classmethod
+    def kind(cls) -> str:
+        """Short name of the trainer ("sft" or "rl"), used in default run names."""
+        return "train"
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """All valid config keys."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
+        """Builds a config from a mapping; unknown keys raise an error listing the valid ones."""
+        unknown = sorted(set(values) - set(cls.keys()))
+        if unknown:
+            raise ValueError(
+                f"Unknown {cls.__name__} key(s) {unknown}. Valid keys: {', '.join(cls.keys())}."
+            )
+        return cls(**values)
+
+    @classmethod
+    def from_cli(cls: type[C], argv: Sequence[str]) -> C:
+        """Builds a config from `key=value` words, as in `python -m trainers.sft steps=10`."""
+        values: dict[str, Any] = {}
+        for word in argv:
+            key, sep, raw = word.partition("=")
+            if not sep or not key:
+                raise ValueError(
+                    f"Argument {word!r} is not key=value. Valid keys: {', '.join(cls.keys())}."
+                )
+            values[key] = _parse_value(raw, is_list=key.endswith("_builders"))
+        return cls.from_dict(values)
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory (same as `log_dir`)."""
+        return Path(str(self.log_dir))
+
+
+def checkpoint_root() -> Path:
+    """Where `bios://<run>/<name>` paths live: `$BIOS_CHECKPOINT_ROOT`, default `./runs`."""
+    return Path(os.environ.get("BIOS_CHECKPOINT_ROOT", "runs"))
+
+
+def _check_int(cfg: TrainConfig, name: str, *, minimum: int, hint: str = "") -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        extra = f"; {hint}" if hint else ""
+        raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}{extra}.")
+
+
+def _parse_value(raw: str, *, is_list: bool) -> Any:
+    """Turns a command-line string into None, bool, int, float, a list or the string itself."""
+    if is_list:
+        return [part for part in raw.split(",") if part]
+    lowered = raw.lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for convert in (int, float):
+        try:
+            return convert(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def _import_object(spec: str) -> Any:
+    """Imports `package.module:attribute`."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        raise ValueError(
+            f"{spec!r}: expected 'module:attribute', e.g. 'examples.demo:format_eval'."
+        )
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"Cannot import {spec!r}: {exc}") from exc
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning settings (see `TrainConfig` for the shared ones).
+
+    Attributes:
+        train_data: chat conversations: a JSONL path (one `{"messages": [...]}` a line) or a list.
+        test_data: held-out conversations in the same forms; their loss is the "test loss".
+        test_every: steps between test-loss computations (0: only at step 0 and the end).
+
+    Example:
+        >>> cfg = SFTConfig(train_data=[{"messages": [{"role": "user", "content": "hi"},
+        ...     {"role": "assistant", "content": "hello"}]}], steps=3, run_name="doc")
+        >>> cfg.kind()
+        'sft'
+    """
+
+    train_data: str | list[Any] | None = None
+    test_data: str | list[Any] | None = None
+    test_every: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int(self, "test_every", minimum=0, hint="use 0 to test only at the start and end")
+        if self.train_data is None:
+            raise ValueError(
+                'train_data is missing: give a JSONL file of {"messages": [...]} lines '
+                "or a list of conversations, e.g. train_data=data/train.jsonl."
+            )
+
+    @classmethod
+    def kind(cls) -> str:
+        return "sft"
+
+
+@dataclass
+class RLConfig(TrainConfig):
+    """RL settings (see `TrainConfig`); `steps` and `eval_every` count RL iterations.
+
+    Attributes:
+        train_data: prompts: a JSONL path or a list of dicts with `messages` (or `prompt`, a
+            user message) plus whatever the reward function reads (e.g. `answer`).
+        reward_fn: `reward_fn(response_text, datum) -> float`, or a 'module:attribute' string.
+        group_size: completions sampled per prompt; advantages are relative to the group mean.
+        max_tokens: most tokens per completion.
+        temperature: sampling temperature of the rollouts.
+
+    Example:
+        >>> cfg = RLConfig(train_data=[{"prompt": "1+1=", "answer": "2"}],
+        ...                reward_fn=lambda text, datum: float(datum["answer"] in text),
+        ...                run_name="doc")
+        >>> cfg.group_size
+        4
+    """
+
+    train_data: str | list[Any] | None = None
+    reward_fn: Callable[[str, dict[str, Any]], float] | str | None = None
+    group_size: int = 4
+    max_tokens: int = 32
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int(self, "group_size", minimum=2, hint="advantages compare samples in a group")
+        _check_int(self, "max_tokens", minimum=1)
+        if not self.temperature > 0:
+            raise ValueError(
+                f"temperature={self.temperature!r}: RL rollouts need sampling; use a value > 0."
+            )
+        if isinstance(self.reward_fn, str):
+            self.reward_fn = _import_object(self.reward_fn)
+        if not callable(self.reward_fn):
+            raise ValueError(
+                f"reward_fn={self.reward_fn!r}: expected a callable (response_text, datum) -> "
+                "float, or a 'module:attribute' string naming one."
+            )
+        if self.train_data is None:
+            raise ValueError("train_data is missing: give a JSONL file or a list of prompts.")
+
+    @classmethod
+    def kind(cls) -> str:
+        return "rl"

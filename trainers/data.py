@@ -1,0 +1,141 @@
+"""Training data: loading chat conversations and RL prompts, checking them, batching them.
+
+A conversation is `{"messages": [{"role": ..., "content": ...}, ...]}` (a bare list of messages
+is accepted too). Data comes from a Python list or a JSONL file with one conversation a line.
+
+Example:
+    >>> from trainers.data import load_conversations
+    >>> load_conversations([[{"role": "user", "content": "hi"},
+    ...                      {"role": "assistant", "content": "hello"}]], what="train_data")
+    [[{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'hello'}]]
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+ROLES = ("system", "user", "assistant", "tool")
+Messages = list[dict[str, Any]]
+
+
+def _read_records(source: str | Path | list[Any], what: str) -> list[tuple[str, Any]]:
+    """Returns (location, record) pairs; the location names the file line for error messages."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{what}: no such file {str(path)!r}; expected a JSONL file.")
+        records = []
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append((f"{path}:{lineno}", json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(
+                        f"{what}: {path}:{lineno} is not valid JSON ({exc.msg} at column "
+                        f"{exc.colno}): {line.strip()[:80]!r}"
+                    ) from None
+    elif isinstance(source, (list, tuple)):
+        records = [(f"{what}[{i}]", record) for i, record in enumerate(source)]
+    else:
+        raise TypeError(f"{what}={source!r}: expected a JSONL path or a list.")
+    if not records:
+        raise ValueError(f"{what} is empty ({source if isinstance(source, str) else 'list'}).")
+    return records
+
+
+def _check_messages(messages: Any, where: str) -> Messages:
+    if isinstance(messages, dict) and "messages" in messages:
+        messages = messages["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f'{where}: expected {{"messages": [...]}} with at least one message.')
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise ValueError(f"{where}: message {i} needs a string 'content': {m!r}")
+        if m.get("role") not in ROLES:
+            raise ValueError(
+                f"{where}: message {i} has role {m.get('role')!r}; valid roles: {', '.join(ROLES)}."
+            )
+    return messages
+
+
+def load_conversations(source: str | Path | list[Any], *, what: str) -> list[Messages]:
+    """Loads and checks conversations; each must contain an assistant message to learn from."""
+    conversations = []
+    for where, record in _read_records(source, what):
+        messages = _check_messages(record, where)
+        if not any(m["role"] == "assistant" for m in messages):
+            raise ValueError(f"{where}: no assistant message, so nothing to train on.")
+        conversations.append(messages)
+    return conversations
+
+
+def load_prompts(source: str | Path | list[Any], *, what: str) -> list[dict[str, Any]]:
+    """Loads RL prompts: dicts with `messages` or `prompt`; other keys are kept for the reward."""
+    prompts = []
+    for where, record in _read_records(source, what):
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"{where}: expected a dict with 'messages' or 'prompt', got {record!r}"
+            )
+        record = dict(record)
+        if "messages" not in record:
+            if not isinstance(record.get("prompt"), str):
+                raise ValueError(f"{where}: needs 'messages' or a string 'prompt': {record!r}")
+            record["messages"] = [{"role": "user", "content": record["prompt"]}]
+        record["messages"] = _check_messages(record["messages"], where)
+        prompts.append(record)
+    return prompts
+
+
+def warn_on_overlap(train: list[Messages], test: list[Messages]) -> int:
+    """Warns when test conversations also occur in the training data; returns how many do."""
+    seen = {json.dumps(c, sort_keys=True) for c in train}
+    shared = [c for c in test if json.dumps(c, sort_keys=True) in seen]
+    if shared:
+        warnings.warn(
+            f"{len(shared)} of {len(test)} test conversations also occur in train_data, so the "
+            f"test loss overstates quality. First one: {shared[0]!r}",
+            stacklevel=2,
+        )
+    return len(shared)
+
+
+def tokenize_conversations(
+    conversations: list[Messages], renderer: Any, max_length: int
+) -> list[tuple[list[int], list[float]]]:
+    """Renders each conversation to (tokens, loss weights), truncated to `max_length` tokens."""
+    examples = []
+    for messages in conversations:
+        example = renderer.build_supervised_example(messages)
+        tokens = list(example.tokens)[:max_length]
+        weights = [float(w) for w in example.weights][:max_length]
+        if sum(weights[1:]) == 0:
+            raise ValueError(
+                f"A conversation has no assistant tokens within max_length={max_length} tokens; "
+                f"raise max_length or shorten it: {messages!r}"[:300]
+            )
+        examples.append((tokens, weights))
+    return examples
+
+
+def collate(examples: list[tuple[list[int], list[float]]], pad_id: int) -> dict[str, Any]:
+    """Pads a batch; returns input_ids, attention_mask, target ids and per-target weights."""
+    import torch
+
+    width = max(len(tokens) for tokens, _ in examples) - 1
+    inputs = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    weights = torch.zeros((len(examples), width))
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (tokens, w) in enumerate(examples):
+        n = len(tokens) - 1
+        inputs[row, :n] = torch.tensor(tokens[:-1])
+        targets[row, :n] = torch.tensor(tokens[1:])
+        weights[row, :n] = torch.tensor(w[1:])
+        mask[row, :n] = 1
+    return {"input_ids": inputs, "attention_mask": mask, "targets": targets, "weights": weights}

@@ -1,0 +1,168 @@
+"""What both trainers share: loading the policy (with optional LoRA), the LightningModule base
+that holds it, and the Lightning Trainer with TensorBoard, evaluations and checkpoints.
+
+Example:
+    >>> from trainers.config import SFTConfig
+    >>> from trainers.policy import load_policy
+    >>> cfg = SFTConfig(train_data="train.jsonl", lora_rank=8)  # doctest: +SKIP
+    >>> model, tokenizer, renderer_name, base_model = load_policy(cfg)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from trainers.checkpointing import CheckpointSaver
+from trainers.config import TrainConfig
+
+T = TypeVar("T")
+
+
+def load_policy(
+    cfg: TrainConfig, *, model: torch.nn.Module | None = None, tokenizer: Any = None
+) -> tuple[torch.nn.Module, Any, str, str]:
+    """Loads the model to train; returns (model, tokenizer, renderer_name, base_model).
+
+    A `model` and `tokenizer` passed in are used instead of loading `cfg.model_name`.
+    With `resume_from`, the weights (or LoRA adapter) come from that checkpoint and the base
+    model and renderer from its metadata.
+    """
+    from bios_callbacks.model_loading import load_model
+    from bios_callbacks.renderers import default_renderer_name
+
+    base_model, renderer_name = cfg.model_name, cfg.renderer_name
+    if cfg.resume_from:
+        from bios_callbacks.checkpoints import read_checkpoint_metadata, resolve_model_path
+
+        path = resolve_model_path(cfg.resume_from)
+        meta = read_checkpoint_metadata(path)
+        base_model, renderer_name = meta.base_model, renderer_name or meta.renderer_name
+        if cfg.lora_rank:
+            from peft import PeftModel
+
+            model, tokenizer = load_model(base_model)
+            model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
+        else:
+            model, tokenizer = load_model(str(path))
+    else:
+        if (model is None) != (tokenizer is None):
+            raise ValueError("Pass both model= and tokenizer=, or neither to load cfg.model_name.")
+        if model is None:
+            model, tokenizer = load_model(cfg.model_name)
+        if cfg.lora_rank:
+            model = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+    return model, tokenizer, renderer_name or default_renderer_name(base_model), base_model
+
+
+def add_lora(model: torch.nn.Module, rank: int, alpha: float) -> torch.nn.Module:
+    """Wraps `model` in a peft LoRA adapter on all linear layers; only the adapter trains."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError(
+            "lora_rank > 0 needs peft: pip install 'bios-callbacks[lora]', or set lora_rank=0."
+        ) from None
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+class PolicyModule(L.LightningModule):
+    """Holds the causal LM as `model` and its tokenizer as `tokenizer` (what EvalCallback reads).
+
+    Lightning checkpoints written by `CheckpointSaver` carry the optimizer and loop state only;
+    the weights live next to them in the `save_checkpoint` format, which resuming loads.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: TrainConfig):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.strict_loading = False
+        self.latest_metrics: dict[str, float] = {}
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
+        )
+        warmup = self.cfg.warmup_steps
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {}
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Writes metrics to every logger at `step` and remembers them for checkpoints."""
+        self.latest_metrics.update(metrics)
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+
+def build_trainer(cfg: TrainConfig, *, base_model: str, renderer_name: str) -> L.Trainer:
+    """A Lightning Trainer for `cfg.steps` optimizer steps with TensorBoard logs in `log_dir`,
+    the config's evaluators (EvalCallback) and `bios` checkpoints every `save_every` steps."""
+    callbacks: list[L.Callback] = []
+    if cfg.evaluator_builders or cfg.infrequent_evaluator_builders:
+        from bios_callbacks import EvalCallback
+
+        callbacks.append(
+            EvalCallback(
+                evaluator_builders=cfg.evaluator_builders,
+                eval_every=cfg.eval_every,
+                infrequent_evaluator_builders=cfg.infrequent_evaluator_builders,
+                infrequent_eval_every=cfg.infrequent_eval_every,
+            )
+        )
+    callbacks.append(CheckpointSaver(cfg, base_model=base_model, renderer_name=renderer_name))
+    return L.Trainer(
+        max_steps=cfg.steps,
+        max_epochs=-1,
+        accelerator="auto",
+        devices=1,
+        logger=TensorBoardLogger(save_dir=str(cfg.run_dir), name="", version=""),
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+
+
+def explain_out_of_memory(exc: BaseException, cfg: TrainConfig) -> BaseException:
+    """Turns an allocation failure into an error that says the batch did not fit in memory."""
+    text = str(exc)
+    if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text:
+        return MemoryError(
+            f"Out of memory at batch_size={cfg.batch_size}, max_length={cfg.max_length}: the "
+            "batch does not fit. Lower batch_size or max_length, or set lora_rank=8 to train "
+            f"an adapter instead of all weights. ({text.splitlines()[0] if text else exc!r})"
+        )
+    return exc
+
+
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs a coroutine to completion from sync code, even when an event loop is running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()

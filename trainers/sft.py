@@ -1,0 +1,171 @@
+"""Supervised fine-tuning on chat conversations, with inline evaluations.
+
+Loss is next-token cross-entropy on the assistant tokens only (the renderer's
+`build_supervised_example` weights). Train loss is printed every step and test loss every
+`test_every` steps; both go to TensorBoard in `log_dir` together with the evaluators' metrics.
+
+Command line:
+    python -m trainers.sft train_data=train.jsonl test_data=test.jsonl steps=100 \
+        learning_rate=1e-5 eval_every=20 evaluator_builders=my_evals:qa_builder
+
+Python:
+    >>> from trainers.sft import SFTConfig, train
+    >>> result = train(SFTConfig(train_data="train.jsonl", steps=100,  # doctest: +SKIP
+    ...     evaluator_builders=[eval_builder_1], eval_every=20))
+    >>> result.checkpoint  # doctest: +SKIP
+    'bios://sft-20250101-120000/step_000100'
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from trainers import data
+from trainers.checkpointing import TRAINER_STATE, CheckpointSaver, checkpoint_uri, latest_results
+from trainers.cli import run_cli
+from trainers.config import SFTConfig
+from trainers.policy import PolicyModule, build_trainer, explain_out_of_memory, load_policy
+
+__all__ = ["SFTConfig", "SFTModule", "SFTResult", "train"]
+
+
+def weighted_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (sum of weighted token losses, sum of weights) for one padded batch."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    losses = F.cross_entropy(
+        logits.flatten(0, 1).float(), batch["targets"].flatten(), reduction="none"
+    ).view_as(batch["weights"])
+    return (losses * batch["weights"]).sum(), batch["weights"].sum()
+
+
+class SFTModule(PolicyModule):
+    """The SFT LightningModule: `model` + `tokenizer`, masked loss, test loss on a schedule."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: SFTConfig, test_batches: list):
+        super().__init__(model, tokenizer, cfg)
+        self.test_batches = test_batches
+        self.last_tested: int | None = None
+        self.step_started = time.perf_counter()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        step = self.global_step  # the weights after `step` optimizer updates
+        test_every = self.cfg.test_every
+        if step == 0 or (test_every and step % test_every == 0):
+            self.test_loss()
+        try:
+            total, weight = weighted_loss(self.model, batch)
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            raise explain_out_of_memory(exc, self.cfg) from exc
+        loss = total / weight
+        now = time.perf_counter()
+        seconds, self.step_started = now - self.step_started, now
+        self.log_metrics({"train/loss": loss.item(), "time/step_s": seconds}, step=step)
+        print(f"step {step}: train loss {loss.item():.4f} ({seconds:.2f}s)", flush=True)
+        return loss
+
+    def finish_training(self) -> None:
+        """Called by CheckpointSaver before the final checkpoint: the last test loss."""
+        self.test_loss()
+
+    @torch.no_grad()
+    def test_loss(self) -> float | None:
+        """Mean per-token loss on the test set for the current weights (once per step)."""
+        step = self.global_step
+        if not self.test_batches or step == self.last_tested:
+            return None
+        was_training = self.model.training
+        self.model.eval()
+        total = weight = 0.0
+        for batch in self.test_batches:
+            t, w = weighted_loss(self.model, {k: v.to(self.device) for k, v in batch.items()})
+            total, weight = total + t.item(), weight + w.item()
+        self.model.train(was_training)
+        self.last_tested = step
+        self.log_metrics({"test/loss": total / weight}, step=step)
+        print(f"step {step}: test loss {total / weight:.4f}", flush=True)
+        return total / weight
+
+
+@dataclass
+class SFTResult:
+    """What a finished run left behind."""
+
+    log_dir: Path
+    checkpoint: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    module: SFTModule | None = None
+
+
+def train(
+    cfg: SFTConfig, *, model: torch.nn.Module | None = None, tokenizer: Any = None
+) -> SFTResult:
+    """Runs supervised fine-tuning as `cfg` says; returns the final checkpoint and metrics.
+
+    `model` and `tokenizer` (both or neither) train a model you already hold instead of
+    loading `cfg.model_name`; `cfg.model_name` is still recorded as the checkpoints' base model.
+    """
+    # data: load and check first, so bad input fails before the model loads
+    train_convs = data.load_conversations(cfg.train_data, what="train_data")
+    test_convs = data.load_conversations(cfg.test_data, what="test_data") if cfg.test_data else []
+    data.warn_on_overlap(train_convs, test_convs)
+
+    # model, renderer, tokenized examples
+    L.seed_everything(cfg.seed, verbose=False)
+    model, tokenizer, renderer_name, base_model = load_policy(cfg, model=model, tokenizer=tokenizer)
+    from bios_callbacks.renderers import get_renderer
+
+    renderer = get_renderer(name=renderer_name, tokenizer=tokenizer)
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    train_examples = data.tokenize_conversations(train_convs, renderer, cfg.max_length)
+    test_examples = data.tokenize_conversations(test_convs, renderer, cfg.max_length)
+    test_batches = [
+        data.collate(test_examples[i : i + cfg.batch_size], pad_id)
+        for i in range(0, len(test_examples), cfg.batch_size)
+    ]
+    loader = DataLoader(
+        train_examples,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        collate_fn=lambda batch: data.collate(batch, pad_id),
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    print(
+        f"SFT {base_model} ({renderer_name}): {len(train_examples)} train / "
+        f"{len(test_examples)} test conversations, {cfg.steps} steps of {cfg.batch_size}, "
+        f"logs in {cfg.run_dir}",
+        flush=True,
+    )
+
+    # train: Lightning runs the loop; callbacks evaluate and checkpoint
+    module = SFTModule(model, tokenizer, cfg, test_batches)
+    trainer = build_trainer(cfg, base_model=base_model, renderer_name=renderer_name)
+    resume = None
+    if cfg.resume_from:
+        from bios_callbacks.checkpoints import resolve_model_path
+
+        resume = str(resolve_model_path(cfg.resume_from) / TRAINER_STATE)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
+
+    saver = next(cb for cb in trainer.callbacks if isinstance(cb, CheckpointSaver))
+    final = checkpoint_uri(saver.saved[-1]) if saver.saved else ""
+    metrics = latest_results(trainer, module)
+    print(f"done: step {trainer.global_step}, checkpoint {final}")
+    print(f"view the logs: tensorboard --logdir {cfg.run_dir}")
+    return SFTResult(log_dir=cfg.run_dir, checkpoint=final, metrics=metrics, module=module)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(SFTConfig, train, sys.argv[1:], doc=__doc__))

@@ -180,6 +180,8 @@ class DecodeEngine:
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._idle = threading.Event()
+        self._idle.set()
 
     @property
     def device(self) -> torch.device:
@@ -196,6 +198,10 @@ class DecodeEngine:
                 self._thread.start()
             self._wakeup.notify()
         return request.future
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Waits until nothing is decoding and the model's training flags are restored."""
+        return self._idle.wait(timeout)
 
     def close(self) -> None:
         """Stops the decode thread after the current step; pending requests are cancelled."""
@@ -216,9 +222,13 @@ class DecodeEngine:
                     for request in self._queue:
                         request.future.cancel()
                     return
+                self._idle.clear()
             time.sleep(self.admit_window_s)
-            with torch.no_grad(), evaluation_mode(self.model):
-                self._serve_until_idle()
+            try:
+                with torch.no_grad(), evaluation_mode(self.model):
+                    self._serve_until_idle()
+            finally:
+                self._idle.set()
 
     def _serve_until_idle(self) -> None:
         batch: _Batch | None = None

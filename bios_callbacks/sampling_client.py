@@ -90,6 +90,13 @@ class SamplingClient:
         request = self._request(prompt, num_samples, sampling_params)
         return self._engine.submit(request).result()
 
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Waits until the decode thread is idle and has restored the model's training flags.
+
+        Call it before training resumes on a shared model. Returns False on timeout.
+        """
+        return self._engine.wait_idle(timeout)
+
     def close(self) -> None:
         """Stops the decode thread. The model itself is left untouched."""
         self._engine.close()

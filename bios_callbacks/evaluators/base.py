@@ -1,0 +1,90 @@
+"""The evaluator interfaces: what the callback calls, and what a builder returns.
+
+An evaluator is an object with an async ``__call__(client) -> dict[str, float]``. Which client
+it gets depends on its base class: a `SamplingClientEvaluator` gets a sampling client (text
+generation), a `TrainingClientEvaluator` gets a `TrainingClient` (log-probs and losses of given
+token sequences). An `EvaluatorBuilder` is a zero-argument callable returning an evaluator; the
+callback calls it once and reuses the evaluator in every round.
+
+Example:
+    >>> class LengthEvaluator(SamplingClientEvaluator):
+    ...     async def __call__(self, sampling_client):
+    ...         return {"mean_len": 3.0}
+    >>> builder: EvaluatorBuilder = LengthEvaluator
+    >>> isinstance(builder(), SamplingClientEvaluator)
+    True
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bios_callbacks.training_client import TrainingClient
+
+
+class _EvaluatorHooks:
+    """Optional hooks the callback uses when an evaluator offers them."""
+
+    def eval_prompts(self) -> Sequence[str]:
+        """The prompt texts this evaluator asks about (checked against the training data).
+
+        Return an empty sequence when there is nothing to check.
+        """
+        return ()
+
+    def transcripts(self) -> Sequence[tuple[str, str]]:
+        """(prompt, response) pairs from the latest call, for TensorBoard text."""
+        return ()
+
+
+class SamplingClientEvaluator(_EvaluatorHooks, ABC):
+    """Evaluates a model through a sampling client (generation).
+
+    Example:
+        >>> from bios_callbacks import types
+        >>> class Says42(SamplingClientEvaluator):
+        ...     def __init__(self, prompt_tokens):
+        ...         self.prompt = types.ModelInput.from_ints(prompt_tokens)
+        ...     async def __call__(self, sampling_client):
+        ...         params = types.SamplingParams(max_tokens=8, temperature=0.0)
+        ...         result = await sampling_client.sample_async(
+        ...             prompt=self.prompt, num_samples=1, sampling_params=params)
+        ...         text = sampling_client.tokenizer.decode(result.sequences[0].tokens)
+        ...         return {"says_42": float("42" in text)}
+    """
+
+    @abstractmethod
+    async def __call__(self, sampling_client: Any) -> dict[str, float]:
+        """Runs the evaluation and returns named numbers."""
+
+
+class TrainingClientEvaluator(_EvaluatorHooks, ABC):
+    """Evaluates a model through a `TrainingClient` (log-probs of given tokens, no generation).
+
+    Example:
+        >>> class FirstTokenNLL(TrainingClientEvaluator):
+        ...     async def __call__(self, training_client):
+        ...         logprobs = await training_client.compute_logprobs_async([[1, 2, 3]])
+        ...         return {"nll": -sum(logprobs[0]) / len(logprobs[0])}
+    """
+
+    @abstractmethod
+    async def __call__(self, training_client: TrainingClient) -> dict[str, float]:
+        """Runs the evaluation and returns named numbers."""
+
+
+Evaluator = SamplingClientEvaluator | TrainingClientEvaluator
+
+EvaluatorBuilder = Callable[[], Evaluator]
+"""A zero-argument callable returning an evaluator, e.g. a class or ``functools.partial``.
+
+Example:
+    >>> import functools
+    >>> from bios_callbacks.evaluators import NLLEvaluator
+    >>> builder = functools.partial(NLLEvaluator, [[1, 2, 3, 4]])
+    >>> builder().name
+    'nll'
+"""

@@ -1,0 +1,107 @@
+"""Held-out loss: mean per-token negative log-likelihood of weighted examples."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bios_callbacks.evaluators.base import TrainingClientEvaluator
+from bios_callbacks.training_client import TrainingClient
+
+
+def _tokens_and_weights(example: Any, index: int) -> tuple[list[int], list[float]]:
+    if isinstance(example, Mapping):
+        tokens, weights = example.get("tokens"), example.get("weights")
+    elif hasattr(example, "tokens"):
+        tokens, weights = example.tokens, getattr(example, "weights", None)
+    elif isinstance(example, tuple) and len(example) == 2 and not isinstance(example[0], int):
+        tokens, weights = example
+    else:
+        tokens, weights = example, None
+    if tokens is None:
+        raise ValueError(
+            f"NLLEvaluator example {index} is {example!r}: expected a token list, a "
+            "(tokens, weights) pair, a dict with 'tokens'/'weights', or a SupervisedExample."
+        )
+    tokens = [int(t) for t in tokens]
+    weights = [1.0] * len(tokens) if weights is None else [float(w) for w in weights]
+    if len(tokens) < 2:
+        raise ValueError(
+            f"NLLEvaluator example {index} has {len(tokens)} token(s): need at least 2 "
+            "(a prefix and a token to score)."
+        )
+    if len(weights) != len(tokens):
+        raise ValueError(
+            f"NLLEvaluator example {index}: {len(tokens)} tokens but {len(weights)} weights; "
+            "give one weight per token."
+        )
+    return tokens, weights
+
+
+class NLLEvaluator(TrainingClientEvaluator):
+    """Test loss: weighted mean of ``-log p(token | prefix)`` over held-out examples.
+
+    Each example is a token list (every token but the first counts), a ``(tokens, weights)``
+    pair, a dict with ``tokens``/``weights``, or a renderer's ``SupervisedExample`` (weight 1 on
+    assistant tokens). The weight of token j scales the loss of predicting it from tokens[:j].
+    Returns ``{"loss": mean per-token NLL}``.
+
+    Example:
+        >>> from bios_callbacks.renderers import get_renderer          # doctest: +SKIP
+        >>> renderer = get_renderer(name="chatml", tokenizer=tokenizer)  # doctest: +SKIP
+        >>> evaluator = NLLEvaluator.from_conversations(held_out_chats, renderer)  # doctest: +SKIP
+        >>> await evaluator(training_client)                            # doctest: +SKIP
+        {'loss': 2.31}
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[Any],
+        *,
+        name: str = "nll",
+        prompts: Sequence[str] = (),
+    ):
+        if len(examples) == 0:
+            raise ValueError("NLLEvaluator got no examples: pass at least one held-out example.")
+        self.examples = [_tokens_and_weights(e, i) for i, e in enumerate(examples)]
+        if sum(sum(w[1:]) for _, w in self.examples) <= 0:
+            raise ValueError(
+                "NLLEvaluator: every weight after the first token is 0, so there is no loss to "
+                "average; put weight 1 on the tokens to score."
+            )
+        self.name = name
+        self._prompts = list(prompts)
+
+    @classmethod
+    def from_conversations(
+        cls,
+        conversations: Sequence[Sequence[Mapping[str, str]]],
+        renderer: Any,
+        *,
+        name: str = "nll",
+    ) -> NLLEvaluator:
+        """Builds examples with ``renderer.build_supervised_example`` (loss on assistant turns).
+
+        Example:
+            >>> NLLEvaluator.from_conversations(  # doctest: +SKIP
+            ...     [[{"role": "user", "content": "Hi"},
+            ...       {"role": "assistant", "content": "Hello"}]],
+            ...     renderer)
+        """
+        examples = [renderer.build_supervised_example(list(c)) for c in conversations]
+        prompts = [m["content"] for c in conversations for m in c if m.get("role") == "user"]
+        return cls(examples, name=name, prompts=prompts)
+
+    def eval_prompts(self) -> Sequence[str]:
+        """The user turns of the held-out conversations (when built from conversations)."""
+        return self._prompts
+
+    async def __call__(self, training_client: TrainingClient) -> dict[str, float]:
+        logprobs = await training_client.compute_logprobs_async([t for t, _ in self.examples])
+        total_nll = 0.0
+        total_weight = 0.0
+        for (_, weights), lps in zip(self.examples, logprobs, strict=True):
+            for weight, lp in zip(weights[1:], lps, strict=True):
+                total_nll -= weight * lp
+                total_weight += weight
+        return {"loss": total_nll / total_weight}

@@ -1,0 +1,116 @@
+"""Log-probabilities of given token sequences under a live causal LM, without changing it.
+
+A `TrainingClient` shares the model's weights (no copy). Each call runs under ``no_grad`` in
+eval mode and puts every submodule's training flag back afterwards, so gradients, weights and
+dropout behaviour of the training run are untouched.
+
+Example:
+    >>> client = TrainingClient.from_module(model)            # doctest: +SKIP
+    >>> client.compute_logprobs([[1, 2, 3]])                  # doctest: +SKIP
+    [[-10.3, -9.8]]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from bios_callbacks.types import ModelInput
+
+if TYPE_CHECKING:
+    import torch
+
+TokenSequence = ModelInput | Sequence[int]
+
+
+def _as_ints(sequence: TokenSequence) -> list[int]:
+    if isinstance(sequence, ModelInput):
+        return sequence.to_ints()
+    return [int(t) for t in sequence]
+
+
+class TrainingClient:
+    """Scores token sequences with a live causal LM (a ``transformers`` model or any module
+    whose ``forward(input_ids=, attention_mask=)`` returns an object with ``.logits``).
+
+    Args:
+        model: the live model; its weights are shared, never copied or changed.
+        tokenizer: optional, handed to evaluators that want to decode tokens.
+        max_batch_size: most sequences per forward pass.
+
+    Example:
+        >>> client = TrainingClient(model, tokenizer=tokenizer)   # doctest: +SKIP
+        >>> logprobs = await client.compute_logprobs_async([[1, 2, 3], [4, 5]])  # doctest: +SKIP
+        >>> [len(x) for x in logprobs]                               # doctest: +SKIP
+        [2, 1]
+    """
+
+    def __init__(self, model: torch.nn.Module, *, tokenizer: Any = None, max_batch_size: int = 8):
+        if not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(
+                f"max_batch_size={max_batch_size!r}: expected a positive integer, e.g. 8."
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_module(
+        cls, model: torch.nn.Module, tokenizer: Any = None, *, max_batch_size: int = 8
+    ) -> TrainingClient:
+        """Wraps a live model, sharing its weights.
+
+        Example:
+            >>> client = TrainingClient.from_module(module.model)  # doctest: +SKIP
+        """
+        return cls(model, tokenizer=tokenizer, max_batch_size=max_batch_size)
+
+    def compute_logprobs(self, sequences: Sequence[TokenSequence]) -> list[list[float]]:
+        """For each sequence, ``log p(tokens[j] | tokens[:j])`` for ``j = 1 .. len - 1``.
+
+        The first token has no prefix, so a sequence of n tokens gives n - 1 numbers.
+
+        Example:
+            >>> client.compute_logprobs([[1, 2, 3]])  # doctest: +SKIP
+            [[-10.3, -9.8]]
+        """
+        token_lists = [_as_ints(s) for s in sequences]
+        for i, tokens in enumerate(token_lists):
+            if len(tokens) < 2:
+                raise ValueError(
+                    f"sequence {i} has {len(tokens)} token(s): log-probs need at least 2 tokens "
+                    "(a prefix and a token to score)."
+                )
+        import torch
+
+        from bios_callbacks.train_flags import evaluation_mode
+
+        results: list[list[float]] = []
+        with self._lock, torch.no_grad(), evaluation_mode(self.model):
+            for start in range(0, len(token_lists), self.max_batch_size):
+                results.extend(self._score_batch(token_lists[start : start + self.max_batch_size]))
+        return results
+
+    async def compute_logprobs_async(self, sequences: Sequence[TokenSequence]) -> list[list[float]]:
+        """`compute_logprobs` in a worker thread, so the event loop keeps serving others."""
+        return await asyncio.to_thread(self.compute_logprobs, sequences)
+
+    def _score_batch(self, batch: list[list[int]]) -> list[list[float]]:
+        import torch
+
+        device = next(self.model.parameters()).device
+        longest = max(len(t) for t in batch)
+        input_ids = torch.zeros((len(batch), longest), dtype=torch.long, device=device)
+        mask = torch.zeros_like(input_ids)
+        for row, tokens in enumerate(batch):
+            input_ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
+            mask[row, : len(tokens)] = 1
+        logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+        targets = input_ids[:, 1:]
+        token_logprobs = -torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), targets, reduction="none"
+        )
+        return [token_logprobs[row, : len(t) - 1].tolist() for row, t in enumerate(batch)]

@@ -114,7 +114,7 @@ class _Batch:
 
     def keep(self, rows: list[int]) -> None:
         """Keeps only `rows`, then drops leading cache positions that are padding in all of them."""
-        index = torch.tensor(rows, device=self.mask.device)
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         self.seqs = [self.seqs[i] for i in rows]
         self.cache.select_rows(index)
         for name in ("mask", "positions", "next_input", "temperature", "top_k", "top_p"):
@@ -240,12 +240,13 @@ class DecodeEngine:
                         return
                 continue
             if self._closed:
-                _fail(batch.seqs, RuntimeError("The sampling client was closed mid-request."))
+                error = RuntimeError("The sampling client was closed mid-request.")
+                _fail([s.request for s in batch.seqs], error)
                 return
             try:
                 self._decode_step(batch)
             except Exception as error:  # a failed step fails its requests, not the engine
-                _fail(batch.seqs, error)
+                _fail([s.request for s in batch.seqs], error)
                 batch = None
 
     def _admit(self, batch: _Batch | None) -> _Batch | None:
@@ -273,8 +274,7 @@ class DecodeEngine:
             try:
                 admitted = self._prefill(chunk)
             except Exception as error:  # e.g. out of memory: fail these requests only
-                for request in chunk:
-                    request.future.set_exception(error)
+                _fail(chunk, error)
                 continue
             if batch is None:
                 batch = admitted
@@ -346,10 +346,10 @@ class DecodeEngine:
             batch.keep(keep)
 
 
-def _fail(seqs: list[_Sequence], error: BaseException) -> None:
-    for seq in seqs:
-        if not seq.request.future.done():
-            seq.request.future.set_exception(error)
+def _fail(requests: list[Request], error: BaseException) -> None:
+    for request in requests:
+        if not request.future.done():
+            request.future.set_exception(error)
 
 
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,0 +1,139 @@
+"""Inspect AI tasks as an inline evaluator for `EvalCallback`.
+
+Example:
+    >>> from bios_callbacks import EvalCallback
+    >>> from bios_callbacks.eval.inspect_evaluator import InspectEvaluatorBuilder
+    >>> builder = InspectEvaluatorBuilder(
+    ...     tasks=["examples/offline_inspect_eval.py@capitals"], renderer_name="chatml", limit=20,
+    ...     log_dir="runs/demo")
+    >>> callback = EvalCallback(infrequent_evaluator_builders=[builder], infrequent_eval_every=100)
+    ... # doctest: +SKIP
+
+Each round reports every scorer's metrics as `<task>/<scorer>/<metric>` and writes the Inspect
+log under `<log_dir>/inspect_logs`, tagged `step-<N>` (see them with
+`inspect view --log-dir <log_dir>/inspect_logs`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bios_callbacks.evaluators import SamplingClientEvaluator
+
+logger = logging.getLogger(__name__)
+
+LOG_SUBDIR = "inspect_logs"
+
+
+class InspectEvaluatorBuilder:
+    """A zero-argument builder of `InspectEvaluator`s (a regular or infrequent builder).
+
+    Args:
+        tasks: task names (see `bios_callbacks.eval.inspect_tasks`), `Task`s or task functions.
+        renderer_name: chat format of the model being trained.
+        model_name: name shown in Inspect logs.
+        limit: at most this many samples per task and round.
+        log_dir: the run's log directory; the callback's context replaces it when it has one.
+        temperature, max_tokens, max_connections: generation settings (0 = greedy; how many
+            samples are sampled together).
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str | Any | Callable[[], Any]],
+        renderer_name: str,
+        *,
+        model_name: str = "trained-model",
+        limit: int | None = None,
+        log_dir: str | Path = ".",
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+        max_connections: int = 32,
+    ) -> None:
+        if isinstance(tasks, str) or not tasks:
+            raise ValueError(
+                f"InspectEvaluatorBuilder(tasks={tasks!r}): expected a non-empty list of tasks, "
+                "e.g. tasks=['path/to/file.py@my_task']."
+            )
+        self.tasks = list(tasks)
+        self.renderer_name = renderer_name
+        self.model_name = model_name
+        self.limit = limit
+        self.log_dir = Path(log_dir)
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.max_connections = max_connections
+
+    def __call__(self) -> InspectEvaluator:
+        """A new evaluator; its tasks are loaded now, so bad names fail before training."""
+        from bios_callbacks.eval.inspect_tasks import resolve_task
+
+        return InspectEvaluator(self, [resolve_task(task) for task in self.tasks])
+
+
+class InspectEvaluator(SamplingClientEvaluator):
+    """Runs Inspect tasks on the sampling client it is called with; made by the builder."""
+
+    def __init__(self, builder: InspectEvaluatorBuilder, tasks: list[Any]) -> None:
+        self.builder = builder
+        self.tasks = tasks
+        self.log_dir = builder.log_dir
+        self.step: int | None = None
+        self.rounds = 0
+        self._transcripts: list[tuple[str, str]] = []
+
+    def set_run_context(
+        self, *, log_dir: str | Path | None = None, step: int | None = None
+    ) -> None:
+        """Called by the callback before a round: the run's log directory and the step."""
+        if log_dir is not None:
+            self.log_dir = Path(log_dir)
+        self.step = step
+
+    async def __call__(self, sampling_client: Any) -> dict[str, float]:
+        """Runs every task once and returns `<task>/<scorer>/<metric>` metrics."""
+        from inspect_ai.model import GenerateConfig, Model
+
+        from bios_callbacks.eval.inspect_runner import run_tasks
+        from bios_callbacks.eval.inspect_utils import InspectAPIFromBiosSampling
+
+        b = self.builder
+        api = InspectAPIFromBiosSampling(
+            model_name=b.model_name, renderer_name=b.renderer_name, sampling_client=sampling_client
+        )
+        config = GenerateConfig(
+            max_connections=b.max_connections, temperature=b.temperature, max_tokens=b.max_tokens
+        )
+        step_tag = f"step-{self.step}" if self.step is not None else f"round-{self.rounds}"
+        self.rounds += 1
+        results = await run_tasks(
+            self.tasks,
+            Model(api, config),
+            log_dir=str(self.log_dir / LOG_SUBDIR),
+            limit=b.limit,
+            tags=[step_tag],
+            metadata={"step": self.step},
+        )
+        failed = [r for r in results if r.status != "success"]
+        summary = "; ".join(f"{r.task}: {r.error} (log: {r.log_location})" for r in failed)
+        if len(failed) == len(results):
+            raise RuntimeError(f"Inspect task(s) failed: {summary}")
+        if failed:
+            logger.error("Inspect task(s) failed, reporting the others: %s", summary)
+        self._transcripts = [pair for r in results for pair in r.transcripts]
+        return {key: value for r in results for key, value in r.metrics.items()}
+
+    def eval_prompts(self) -> Sequence[str]:
+        """The tasks' sample inputs, for the callback's held-out check."""
+        return [
+            s.input if isinstance(s.input, str) else s.input[-1].text
+            for task in self.tasks
+            for s in task.dataset
+        ]
+
+    def transcripts(self) -> Sequence[tuple[str, str]]:
+        """A few (prompt, response) pairs from the latest round."""
+        return self._transcripts

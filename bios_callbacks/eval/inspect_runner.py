@@ -1,0 +1,144 @@
+"""Running Inspect tasks on a model in-process and reading their metrics back.
+
+Shared by the inline evaluator and the offline CLI. `run_tasks` runs quietly (no Inspect
+display), leaves the terminal as it found it (Inspect reconfigures Rich's global console and the
+root logger; both are restored, so Lightning's TQDM and Rich progress bars keep working), and
+keeps going when some samples fail: their errors are reported, the rest are scored.
+
+Example:
+    >>> results = await run_tasks([task], model, log_dir="runs/x/inspect_logs")  # doctest: +SKIP
+    >>> results[0].metrics
+    {'capitals/match/accuracy': 1.0, 'capitals/match/stderr': 0.0}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from inspect_ai import Task, eval_async
+from inspect_ai.log import EvalLog
+from inspect_ai.model import Model
+
+from bios_callbacks.eval.inspect_tasks import task_short_name
+
+logger = logging.getLogger(__name__)
+
+# Inspect allows one eval_async at a time per process; evaluators of one round share a loop.
+_EVAL_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@dataclass
+class TaskResult:
+    """What one Inspect task run gave.
+
+    `metrics` are keyed `<task>/<scorer>/<metric>`; `errors` maps failed sample ids to their
+    error messages (those samples are left out of the metrics); `log_location` is the Inspect
+    log file (open it with `inspect view`).
+    """
+
+    task: str
+    status: str
+    metrics: dict[str, float]
+    samples: int
+    errors: dict[str, str] = field(default_factory=dict)
+    log_location: str = ""
+    error: str | None = None
+    transcripts: list[tuple[str, str]] = field(default_factory=list)
+
+
+async def run_tasks(
+    tasks: Sequence[Task],
+    model: Model,
+    *,
+    log_dir: str,
+    limit: int | None = None,
+    tags: list[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    model_roles: dict[str, Model] | None = None,
+) -> list[TaskResult]:
+    """Runs `tasks` on `model` with `eval_async` and returns one `TaskResult` per task."""
+    lock = _EVAL_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock:
+        with preserved_terminal():
+            _quiet_inspect_display()
+            logs = await eval_async(
+                list(tasks),
+                model=model,
+                model_roles=model_roles,
+                log_dir=log_dir,
+                limit=limit,
+                tags=tags,
+                metadata=metadata,
+                fail_on_error=False,
+                score_display=False,
+                ctl_server=False,
+                log_level="warning",
+            )
+    return [result_from_log(log) for log in logs]
+
+
+def result_from_log(log: EvalLog) -> TaskResult:
+    """The metrics, sample errors and a few transcripts of one Inspect log."""
+    task = task_short_name(log.eval.task)
+    metrics: dict[str, float] = {}
+    for score in log.results.scores if log.results else []:
+        for metric in score.metrics.values():
+            metrics[f"{task}/{score.name}/{metric.name}"] = float(metric.value)
+    samples = log.samples or []
+    errors = {str(s.id): s.error.message for s in samples if s.error is not None}
+    if errors:
+        logger.warning(
+            "Inspect task %s: %d of %d samples failed and are left out of its metrics: %s",
+            task,
+            len(errors),
+            len(samples),
+            "; ".join(f"{sample_id}: {message}" for sample_id, message in errors.items()),
+        )
+    transcripts = [
+        (s.input if isinstance(s.input, str) else s.input[-1].text, s.output.completion)
+        for s in samples[:3]
+        if s.error is None
+    ]
+    return TaskResult(
+        task=task,
+        status=log.status,
+        metrics=metrics,
+        samples=len(samples),
+        errors=errors,
+        log_location=log.location,
+        error=log.error.message if log.error else None,
+        transcripts=transcripts,
+    )
+
+
+@contextlib.contextmanager
+def preserved_terminal() -> Iterator[None]:
+    """Restores Rich's global console and the root logger after Inspect changed them."""
+    import rich
+
+    console = rich.get_console()
+    console_state = dict(console.__dict__)
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        console.__dict__.clear()
+        console.__dict__.update(console_state)
+        root.setLevel(level)
+        root.handlers[:] = handlers
+
+
+def _quiet_inspect_display() -> None:
+    """No Inspect progress display: the training loop's own bars stay in charge."""
+    from inspect_ai.util._display import init_display_type
+
+    init_display_type("none")

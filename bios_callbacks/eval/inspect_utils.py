@@ -1,0 +1,244 @@
+"""Inspect AI model API over a bios sampling client.
+
+`InspectAPIFromBiosSampling` turns Inspect's chat messages into a prompt with one of our
+renderers, samples it through a `SamplingClient` and hands the parsed answer back as an Inspect
+`ModelOutput`. Wrap it in `inspect_ai.model.Model` to use it in `eval`, `eval_async` or
+`model_roles`; from Inspect's own CLI it is the `bios/` provider
+(`inspect eval TASK --model bios/<name-or-path> -M renderer_name=chatml`).
+
+Example:
+    >>> import bios_callbacks as bios
+    >>> from inspect_ai import eval
+    >>> from inspect_ai.model import GenerateConfig, Model
+    >>> client = bios.ServiceClient().create_sampling_client(  # doctest: +SKIP
+    ...     base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
+    >>> api = InspectAPIFromBiosSampling(  # doctest: +SKIP
+    ...     renderer_name="chatml", model_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ...     sampling_client=client, verbose=False)
+    >>> eval(my_task, model=Model(api, GenerateConfig(max_connections=32)))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from inspect_ai._util.registry import RegistryInfo, registry_tag
+from inspect_ai.model import (
+    ChatCompletionChoice,
+    ChatMessage,
+    ChatMessageAssistant,
+    GenerateConfig,
+    Logprob,
+    Logprobs,
+    ModelAPI,
+    ModelOutput,
+    ModelUsage,
+)
+from inspect_ai.model._model_info import MODEL_INFO_LOOKUP_API_KEY
+from inspect_ai.tool import ToolChoice, ToolInfo
+
+from bios_callbacks.types import SampledSequence, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+PROVIDER_NAME = "bios"
+REGISTRY_NAME = f"bios_callbacks/{PROVIDER_NAME}"
+DEFAULT_MAX_TOKENS = 512
+DEFAULT_MAX_CONNECTIONS = 32
+
+_STOP_REASONS = {"stop": "stop", "length": "max_tokens"}
+
+
+class InspectAPIFromBiosSampling(ModelAPI):
+    """An Inspect `ModelAPI` that generates with a bios sampling client.
+
+    Args:
+        renderer_name: chat format (`chatml`, `llama3`, `role_colon`, `hf_template`); when
+            omitted it comes from the checkpoint's metadata, else from the model name.
+        model_name: the model's name (hub id, checkpoint directory or `bios://run/name`); used
+            to load a sampling client when `sampling_client` is not given.
+        sampling_client: the client to sample with (shares the weights it was made from).
+        verbose: log every prompt and response at INFO level.
+        config: Inspect's generation settings (passed by `get_model`).
+
+    `GenerateConfig` maps as follows: `temperature` (default 0: greedy), `max_tokens` (default
+    512), `top_p`, `top_k`, `seed`, `num_choices` (samples per prompt) and `stop_seqs` (added to
+    the renderer's end-of-turn markers, removed from the returned text). Tools are not
+    supported: tool messages are rendered as `tool` turns and tool definitions are ignored.
+
+    Example:
+        >>> api = InspectAPIFromBiosSampling(  # doctest: +SKIP
+        ...     renderer_name="chatml", model_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+        ...     sampling_client=client)
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        renderer_name: str | None = None,
+        sampling_client: Any = None,
+        verbose: bool = False,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        config: GenerateConfig = GenerateConfig(),  # noqa: B008 (Inspect's own signature)
+        **model_args: Any,
+    ) -> None:
+        super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config)
+        if model_args:
+            raise TypeError(
+                f"Unknown model argument(s) for the bios provider: {sorted(model_args)}; "
+                "valid ones are renderer_name, sampling_client and verbose "
+                "(e.g. -M renderer_name=chatml)."
+            )
+        self._owns_client = sampling_client is None
+        if sampling_client is None and api_key == MODEL_INFO_LOOKUP_API_KEY:
+            # Inspect instantiates providers by name just to look up model facts: load nothing.
+            self._owns_client = False
+            return
+        if sampling_client is None:
+            sampling_client, default_renderer = _client_for(model_name)
+            renderer_name = renderer_name or default_renderer
+        if renderer_name is None:
+            from bios_callbacks.renderers import default_renderer_name
+
+            renderer_name = default_renderer_name(model_name)
+
+        from bios_callbacks.renderers import get_renderer
+
+        self.sampling_client = sampling_client
+        self.tokenizer = sampling_client.tokenizer
+        self.renderer_name = renderer_name
+        self.renderer = get_renderer(name=renderer_name, tokenizer=self.tokenizer)
+        self.verbose = verbose
+        # Instances made directly (not through `get_model`) still need registry info, which
+        # Inspect reads to name the model ("bios/<model_name>") in logs.
+        registry_tag(
+            InspectAPIFromBiosSampling,
+            self,
+            RegistryInfo(type="modelapi", name=REGISTRY_NAME),
+            model_name=model_name,
+            renderer_name=renderer_name,
+        )
+
+    async def generate(
+        self,
+        input: list[ChatMessage],
+        tools: list[ToolInfo],
+        tool_choice: ToolChoice,
+        config: GenerateConfig,
+    ) -> ModelOutput:
+        """Renders `input`, samples `config.num_choices` answers and parses them."""
+        prompt = self.renderer.build_generation_prompt(to_renderer_messages(input))
+        params = self.sampling_params(config)
+        response = await self.sampling_client.sample_async(
+            prompt=prompt, num_samples=config.num_choices or 1, sampling_params=params
+        )
+        choices = [
+            self._choice(sequence, config.stop_seqs or [], bool(config.logprobs))
+            for sequence in response.sequences
+        ]
+        if self.verbose:
+            logger.info(
+                "prompt: %r\nresponse: %r",
+                self.tokenizer.decode(prompt.to_ints()),
+                choices[0].message.text,
+            )
+        output_tokens = sum(len(s.tokens) for s in response.sequences)
+        return ModelOutput(
+            model=self.model_name,
+            choices=choices,
+            usage=ModelUsage(
+                input_tokens=prompt.length,
+                output_tokens=output_tokens,
+                total_tokens=prompt.length + output_tokens,
+            ),
+        )
+
+    def sampling_params(self, config: GenerateConfig) -> SamplingParams:
+        """Our sampling parameters for an Inspect `GenerateConfig`."""
+        stop: list[Any] = list(self.renderer.get_stop_sequences())
+        stop += list(config.stop_seqs or [])
+        return SamplingParams(
+            max_tokens=config.max_tokens or DEFAULT_MAX_TOKENS,
+            temperature=config.temperature if config.temperature is not None else 0.0,
+            top_p=config.top_p if config.top_p is not None else 1.0,
+            top_k=config.top_k if config.top_k is not None else -1,
+            seed=config.seed,
+            stop=stop,
+        )
+
+    def _choice(
+        self, sequence: SampledSequence, stop_seqs: list[str], logprobs: bool
+    ) -> ChatCompletionChoice:
+        message, _ = self.renderer.parse_response(sequence.tokens)
+        content = _strip_stop_string(message["content"], stop_seqs)
+        return ChatCompletionChoice(
+            message=ChatMessageAssistant(content=content, model=self.model_name, source="generate"),
+            stop_reason=_STOP_REASONS[sequence.stop_reason],
+            logprobs=self._logprobs(sequence) if logprobs else None,
+        )
+
+    def _logprobs(self, sequence: SampledSequence) -> Logprobs:
+        return Logprobs(
+            content=[
+                Logprob(token=self.tokenizer.decode([token]), logprob=logprob)
+                for token, logprob in zip(sequence.tokens, sequence.logprobs, strict=True)
+            ]
+        )
+
+    def max_tokens(self) -> int | None:
+        """Default `max_tokens` when a task sets none."""
+        return DEFAULT_MAX_TOKENS
+
+    def max_connections(self) -> int:
+        """Requests in flight at once: enough to fill one batch of the sampling client."""
+        return getattr(self.sampling_client, "max_batch_size", DEFAULT_MAX_CONNECTIONS)
+
+    def connection_key(self) -> str:
+        """One connection pool per sampling client."""
+        return str(id(self.sampling_client))
+
+    def collapse_user_messages(self) -> bool:
+        """Consecutive user turns become one, as chat templates expect."""
+        return True
+
+    def close(self) -> None:
+        """Closes the sampling client if this API created it."""
+        if self._owns_client:
+            self.sampling_client.close()
+
+
+def to_renderer_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """Inspect chat messages as the `{"role", "content"}` dicts our renderers take.
+
+    Example:
+        >>> from inspect_ai.model import ChatMessageUser
+        >>> to_renderer_messages([ChatMessageUser(content="Hi")])
+        [{'role': 'user', 'content': 'Hi'}]
+    """
+    return [{"role": message.role, "content": message.text} for message in messages]
+
+
+def _strip_stop_string(text: str, stop_seqs: list[str]) -> str:
+    """Removes a caller's stop string (and what follows) from generated text."""
+    cuts = [text.find(stop) for stop in stop_seqs if stop and stop in text]
+    return text[: min(cuts)] if cuts else text
+
+
+def _client_for(model_name: str) -> tuple[Any, str | None]:
+    """A sampling client for a hub id, local directory, checkpoint or `bios://` URI.
+
+    Returns the client and the renderer recorded in the checkpoint (None for base models).
+    """
+    from bios_callbacks.model_loading import is_checkpoint_ref
+    from bios_callbacks.service_client import ServiceClient
+
+    service = ServiceClient()
+    if is_checkpoint_ref(model_name):
+        from bios_callbacks.checkpoints import read_checkpoint_metadata, resolve_model_path
+
+        path = resolve_model_path(model_name)
+        renderer_name = read_checkpoint_metadata(path).renderer_name
+        return service.create_sampling_client(model_path=str(path)), renderer_name
+    return service.create_sampling_client(base_model=model_name), None

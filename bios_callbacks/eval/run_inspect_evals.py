@@ -1,0 +1,181 @@
+"""Run Inspect AI tasks on a saved checkpoint or a base model.
+
+    python -m bios_callbacks.eval.run_inspect_evals \\
+        model_path=bios://my-run/final \\
+        model_name=HuggingFaceTB/SmolLM2-135M-Instruct \\
+        tasks=inspect_evals/ifeval,examples/offline_inspect_eval.py@capitals \\
+        renderer_name=chatml limit=50
+
+Keys (key=value): model_path (checkpoint directory or bios://run/name; omit it to evaluate
+model_name), model_name, tasks (comma-separated: registry names, file.py@task, module:task),
+renderer_name (default: the checkpoint's, else the model's default), limit, temperature
+(default 0: greedy), max_tokens, max_connections (samples decoded together, default 32),
+log_dir (Inspect logs; default <checkpoint>/evals/logs or ./inspect_logs).
+
+Prints a metrics table, writes `evals/<task>.json` in the checkpoint directory (or in log_dir for
+a base model) and exits 1 when a task fails, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+USAGE = __doc__ or ""
+
+
+class UsageError(ValueError):
+    """A bad command-line argument."""
+
+
+@dataclass
+class EvalArgs:
+    """The CLI's keys, parsed."""
+
+    tasks: list[str]
+    model_path: str | None = None
+    model_name: str | None = None
+    renderer_name: str | None = None
+    limit: int | None = None
+    temperature: float = 0.0
+    max_tokens: int | None = None
+    max_connections: int = 32
+    log_dir: str | None = None
+
+
+_CONVERTERS: dict[str, Any] = {
+    "tasks": lambda v: [t.strip() for t in v.split(",") if t.strip()],
+    "limit": int,
+    "temperature": float,
+    "max_tokens": int,
+    "max_connections": int,
+}
+VALID_KEYS = [f.name for f in dataclasses.fields(EvalArgs)]
+
+
+def parse_args(argv: list[str]) -> EvalArgs:
+    """Parses `key=value` arguments.
+
+    Example:
+        >>> parse_args(["tasks=a.py@t,b:t", "limit=5"]).tasks
+        ['a.py@t', 'b:t']
+    """
+    values: dict[str, Any] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("-")
+        if not sep:
+            raise UsageError(f"Argument {arg!r} is not key=value; valid keys: {VALID_KEYS}.")
+        if key not in VALID_KEYS:
+            raise UsageError(f"Unknown key {key!r}; valid keys: {VALID_KEYS}.")
+        try:
+            values[key] = _CONVERTERS.get(key, str)(value)
+        except ValueError as error:
+            raise UsageError(f"Bad value for {key}: {value!r} ({error}).") from error
+    if not values.get("tasks"):
+        raise UsageError("Missing tasks=...: e.g. tasks=inspect_evals/ifeval,my_tasks.py@qa.")
+    if not values.get("model_path") and not values.get("model_name"):
+        raise UsageError("Give model_path=<checkpoint dir or bios://run/name> or model_name=...")
+    return EvalArgs(**values)
+
+
+def run(args: EvalArgs) -> int:
+    """Evaluates, prints the table, writes the results; returns the exit status."""
+    import asyncio
+
+    from inspect_ai.model import GenerateConfig, Model
+
+    from bios_callbacks.eval.inspect_runner import run_tasks
+    from bios_callbacks.eval.inspect_tasks import resolve_task, task_short_name
+    from bios_callbacks.eval.inspect_utils import InspectAPIFromBiosSampling
+    from bios_callbacks.service_client import ServiceClient
+
+    tasks = [resolve_task(name) for name in args.tasks]
+    service = ServiceClient(max_batch_size=args.max_connections)
+    step = None
+    if args.model_path:
+        from bios_callbacks.checkpoints import read_checkpoint_metadata, resolve_model_path
+
+        checkpoint = resolve_model_path(args.model_path)
+        metadata = read_checkpoint_metadata(checkpoint)
+        model_name = args.model_name or metadata.base_model
+        renderer_name = args.renderer_name or metadata.renderer_name
+        step = metadata.step
+        client = service.create_sampling_client(model_path=str(checkpoint))
+        results_dir = checkpoint / "evals"
+        log_dir = Path(args.log_dir) if args.log_dir else results_dir / "logs"
+    else:
+        model_name, renderer_name = args.model_name, args.renderer_name
+        client = service.create_sampling_client(base_model=model_name)
+        log_dir = Path(args.log_dir or "inspect_logs")
+        results_dir = log_dir / "evals"
+
+    api = InspectAPIFromBiosSampling(
+        model_name=model_name, renderer_name=renderer_name, sampling_client=client
+    )
+    config = GenerateConfig(
+        max_connections=args.max_connections,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+    )
+    try:
+        results = asyncio.run(
+            run_tasks(tasks, Model(api, config), log_dir=str(log_dir), limit=args.limit)
+        )
+    finally:
+        client.close()
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for task, result in zip(tasks, results, strict=True):
+        record = {
+            "task": task.name,
+            "model_path": args.model_path,
+            "model_name": model_name,
+            "renderer_name": renderer_name,
+            "step": step,
+            **dataclasses.asdict(result),
+        }
+        path = results_dir / f"{task_short_name(task.name)}.json"
+        path.write_text(json.dumps(record, indent=2) + "\n")
+    print(format_table(results))
+    print(f"Results: {results_dir}  Inspect logs: {log_dir} (inspect view --log-dir {log_dir})")
+    return 0 if all(r.status == "success" for r in results) else 1
+
+
+def format_table(results: list[Any]) -> str:
+    """A plain-text table: one row per metric, then failed samples and failed tasks."""
+    rows = [("metric", "value")]
+    for result in results:
+        rows += [(key, f"{value:.4f}") for key, value in result.metrics.items()]
+        if result.errors:
+            rows.append((f"{result.task}/failed_samples", str(len(result.errors))))
+        if result.status != "success":
+            rows.append((f"{result.task}/status", f"{result.status}: {result.error}"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parses `argv`, runs, and returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(USAGE)
+        return 0
+    try:
+        args = parse_args(argv)
+    except UsageError as error:
+        print(f"error: {error}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except Exception as error:  # a clear one-line reason, not a traceback, for the user
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

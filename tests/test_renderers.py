@@ -290,3 +290,18 @@ def test_hf_template_refuses_templates_that_rewrite_earlier_turns(tokenizer):
     assert renderer.build_supervised_example([USER, REPLY]).tokens  # one reply is fine
     with pytest.raises(ValueError, match=r"assistant message 1 differently"):
         renderer.build_supervised_example([USER, REPLY, USER, REPLY])
+
+
+def test_hf_template_with_a_plain_text_end_marker_stops_on_the_string(tokenizer):
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = (
+        "{% for m in messages %}{{ m['role'] + ':\n' + m['content'] + ' [END]\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant:\n' }}{% endif %}"
+    )
+    renderer = renderers.get_renderer(name="hf_template", tokenizer=plain)
+    assert renderer.get_stop_sequences() == [" [END]"]
+    example = renderer.build_supervised_example([USER, REPLY])
+    assert example.tokens == template_ids(plain, [USER, REPLY], add_generation_prompt=False)
+    assert weighted_text(plain, example) == "Paris [END]"
+    sampled = plain.encode("Paris [END]\nuser: more", add_special_tokens=False)
+    assert renderer.parse_response(sampled) == (REPLY, "stop")

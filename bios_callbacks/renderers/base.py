@@ -176,7 +176,7 @@ class Renderer(ABC):
     def _single_token_id(self, token: str) -> int:
         """Id of a special token that must exist in the vocabulary."""
         ids = self._encode(token)
-        if len(ids) != 1 or token not in self.tokenizer.get_vocab():
+        if len(ids) != 1:
             raise ValueError(self._missing_tokens_message([token]))
         return ids[0]
 

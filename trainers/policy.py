@@ -10,10 +10,7 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import lightning as L
 import torch
@@ -21,8 +18,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from trainers.checkpointing import CheckpointSaver
 from trainers.config import TrainConfig
-
-T = TypeVar("T")
 
 
 def load_policy(
@@ -94,6 +89,9 @@ class PolicyModule(L.LightningModule):
         self.strict_loading = False
         self.latest_metrics: dict[str, float] = {}
 
+    def on_fit_start(self) -> None:
+        self.model.train()
+
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
@@ -156,13 +154,3 @@ def explain_out_of_memory(exc: BaseException, cfg: TrainConfig) -> BaseException
             f"an adapter instead of all weights. ({text.splitlines()[0] if text else exc!r})"
         )
     return exc
-
-
-def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
-    """Runs a coroutine to completion from sync code, even when an event loop is running."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()

@@ -1,0 +1,245 @@
+"""RL with group-relative advantages and an importance-weighted policy gradient.
+
+Each iteration: take `batch_size` prompts, sample `group_size` completions of each from the
+current weights through a `SamplingClient` (the same client evaluators use), score them with
+`reward_fn(response_text, datum)`, subtract each group's mean reward (the advantage), and take
+one AdamW step on  -mean_t[ exp(logp_t - logq_t) * advantage ],  where q is the sampler's
+log-probability of token t and p the trainer's (equal in value, but p carries the gradient).
+`steps` and `eval_every` count iterations; reward, response length and more go to TensorBoard.
+
+Command line:
+    python -m trainers.rl train_data=prompts.jsonl reward_fn=examples.rl_arithmetic:reward \
+        steps=20 group_size=8 eval_every=5 evaluator_builders=examples.rl_arithmetic:eval_builder
+
+Python:
+    >>> from trainers.rl import RLConfig, train
+    >>> result = train(RLConfig(train_data=prompts, reward_fn=reward,  # doctest: +SKIP
+    ...     evaluator_builders=[sampling_eval_1], eval_every=50))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from trainers import data
+from trainers.checkpointing import TRAINER_STATE, CheckpointSaver, checkpoint_uri, latest_results
+from trainers.cli import run_cli
+from trainers.config import RLConfig
+from trainers.policy import PolicyModule, build_trainer, explain_out_of_memory, load_policy
+
+__all__ = ["RLConfig", "RLModule", "RLResult", "train"]
+
+
+@dataclass
+class Rollout:
+    """One sampled completion: prompt and response tokens, sampler logprobs, its advantage."""
+
+    prompt: list[int]
+    response: list[int]
+    logprobs: list[float]
+    advantage: float
+
+
+def policy_gradient_loss(
+    model: torch.nn.Module, rollouts: list[Rollout], temperature: float, pad_id: int
+) -> tuple[torch.Tensor, float]:
+    """Importance-weighted policy-gradient loss over response tokens; also returns the mean
+    approximate KL(sampler || trainer), which stays near 0 while both see the same weights."""
+    width = max(len(r.prompt) + len(r.response) for r in rollouts) - 1
+    inputs = torch.full((len(rollouts), width), pad_id, dtype=torch.long)
+    targets = torch.full_like(inputs, pad_id)
+    mask = torch.zeros((len(rollouts), width), dtype=torch.long)
+    sampler_logp = torch.zeros((len(rollouts), width))
+    loss_mask = torch.zeros((len(rollouts), width))
+    for row, r in enumerate(rollouts):
+        tokens = r.prompt + r.response
+        n, start = len(tokens) - 1, len(r.prompt) - 1
+        inputs[row, :n] = torch.tensor(tokens[:-1])
+        targets[row, :n] = torch.tensor(tokens[1:])
+        mask[row, :n] = 1
+        sampler_logp[row, start:n] = torch.tensor(r.logprobs)
+        loss_mask[row, start:n] = 1.0
+    device = next(model.parameters()).device
+    inputs, targets, mask = inputs.to(device), targets.to(device), mask.to(device)
+    sampler_logp, loss_mask = sampler_logp.to(device), loss_mask.to(device)
+    advantages = torch.tensor([r.advantage for r in rollouts], device=device)[:, None]
+
+    logits = model(input_ids=inputs, attention_mask=mask).logits.float() / temperature
+    logp = -F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    logp = logp.view_as(loss_mask)
+    ratio = torch.exp(logp - sampler_logp)
+    n_tokens = loss_mask.sum()
+    loss = -(ratio * advantages * loss_mask).sum() / n_tokens
+    kl = ((sampler_logp - logp.detach()) * loss_mask).sum() / n_tokens
+    return loss, kl.item()
+
+
+class RLModule(PolicyModule):
+    """The RL LightningModule: each training step is one RL iteration on a batch of prompts."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: RLConfig, renderer: Any):
+        super().__init__(model, tokenizer, cfg)
+        self.renderer = renderer
+        self.client: Any = None
+
+    def on_fit_start(self) -> None:
+        from bios_callbacks.sampling_client import SamplingClient
+
+        super().on_fit_start()
+        self.client = SamplingClient.from_module(self.model, self.tokenizer)
+
+    def on_fit_end(self) -> None:
+        self.client.close()
+
+    def on_exception(self, exception: BaseException) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    async def sample_groups(self, batch: list[dict[str, Any]]) -> list[Any]:
+        """Samples `group_size` completions of every prompt, all prompts at once (one batch)."""
+        from bios_callbacks.types import SamplingParams
+
+        params = SamplingParams(
+            max_tokens=self.cfg.max_tokens,
+            temperature=self.cfg.temperature,
+            stop=self.renderer.get_stop_sequences(),
+        )
+        return await asyncio.gather(
+            *(
+                self.client.sample_async(
+                    prompt=self.renderer.build_generation_prompt(datum["messages"]),
+                    num_samples=self.cfg.group_size,
+                    sampling_params=params,
+                )
+                for datum in batch
+            )
+        )
+
+    def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
+        from bios_callbacks.run_sync import run_sync
+
+        step = self.global_step  # rollouts come from the weights after `step` iterations
+        started = time.perf_counter()
+        responses = run_sync(self.sample_groups(batch))
+        self.client.wait_idle()  # the client has handed the model back in training mode
+        sampled = time.perf_counter()
+
+        rollouts, rewards, lengths, truncated, flat_groups = [], [], [], 0, 0
+        for datum, response in zip(batch, responses, strict=True):
+            prompt = self.renderer.build_generation_prompt(datum["messages"]).to_ints()
+            group = []
+            for seq in response.sequences:
+                message, _ = self.renderer.parse_response(seq.tokens)
+                group.append(float(self.cfg.reward_fn(message["content"], datum)))
+                lengths.append(len(seq.tokens))
+                truncated += seq.stop_reason == "length"
+            mean = statistics.fmean(group)
+            flat_groups += all(r == mean for r in group)
+            rewards.extend(group)
+            rollouts += [
+                Rollout(prompt, list(seq.tokens), list(seq.logprobs), reward - mean)
+                for seq, reward in zip(response.sequences, group, strict=True)
+                if reward != mean
+            ]
+
+        kl = 0.0
+        try:
+            if rollouts:
+                loss, kl = policy_gradient_loss(
+                    self.model, rollouts, self.cfg.temperature, self.tokenizer.pad_token_id or 0
+                )
+            else:  # no group had a reward spread: nothing to learn from, step with zero grads
+                loss = sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            raise explain_out_of_memory(exc, self.cfg) from exc
+        finished = time.perf_counter()
+
+        metrics = {
+            "train/reward_mean": statistics.fmean(rewards),
+            "train/reward_std": statistics.pstdev(rewards),
+            "train/response_tokens_mean": statistics.fmean(lengths),
+            "train/truncated_frac": truncated / len(lengths),
+            "train/groups_without_signal_frac": flat_groups / len(batch),
+            "train/kl_sampler_trainer": kl,
+            "train/loss": float(loss.detach()),
+            "time/sample_s": sampled - started,
+            "time/train_s": finished - sampled,
+            "time/iteration_s": finished - started,
+        }
+        self.log_metrics(metrics, step=step)
+        print(
+            f"iter {step}: reward {metrics['train/reward_mean']:.3f}, "
+            f"length {metrics['train/response_tokens_mean']:.1f}, "
+            f"sample {sampled - started:.1f}s, train {finished - sampled:.1f}s",
+            flush=True,
+        )
+        return loss
+
+
+@dataclass
+class RLResult:
+    """What a finished run left behind."""
+
+    log_dir: Path
+    checkpoint: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    module: RLModule | None = None
+
+
+def train(
+    cfg: RLConfig, *, model: torch.nn.Module | None = None, tokenizer: Any = None
+) -> RLResult:
+    """Runs RL as `cfg` says; returns the final checkpoint and metrics.
+
+    `model` and `tokenizer` (both or neither) train a model you already hold instead of
+    loading `cfg.model_name`.
+    """
+    prompts = data.load_prompts(cfg.train_data, what="train_data")
+
+    L.seed_everything(cfg.seed, verbose=False)
+    model, tokenizer, renderer_name, base_model = load_policy(cfg, model=model, tokenizer=tokenizer)
+    from bios_callbacks.renderers import get_renderer
+
+    renderer = get_renderer(name=renderer_name, tokenizer=tokenizer)
+    loader = DataLoader(
+        prompts,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        collate_fn=list,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    print(
+        f"RL {base_model} ({renderer_name}): {len(prompts)} prompts, {cfg.steps} iterations of "
+        f"{cfg.batch_size} prompts x {cfg.group_size} samples, logs in {cfg.run_dir}",
+        flush=True,
+    )
+
+    module = RLModule(model, tokenizer, cfg, renderer)
+    trainer = build_trainer(cfg, base_model=base_model, renderer_name=renderer_name)
+    resume = None
+    if cfg.resume_from:
+        from bios_callbacks.checkpoints import resolve_model_path
+
+        resume = str(resolve_model_path(cfg.resume_from) / TRAINER_STATE)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
+
+    saver = next(cb for cb in trainer.callbacks if isinstance(cb, CheckpointSaver))
+    final = checkpoint_uri(saver.saved[-1]) if saver.saved else ""
+    print(f"done: iteration {trainer.global_step}, checkpoint {final}")
+    print(f"view the logs: tensorboard --logdir {cfg.run_dir}")
+    return RLResult(cfg.run_dir, final, latest_results(trainer, module), module)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(RLConfig, train, sys.argv[1:], doc=__doc__))

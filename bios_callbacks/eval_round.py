@@ -1,0 +1,177 @@
+"""One evaluation round: build evaluators, run them concurrently, collect metrics and failures.
+
+Nothing here knows Lightning; `EvalCallback` decides when a round runs and where results go.
+
+Example:
+    >>> slots = name_slots([lambda: NLLEvaluator([[1, 2, 3]])])            # doctest: +SKIP
+    >>> outcome = run_sync(run_round(slots, LiveClients(module), timeout_s=None))  # doctest: +SKIP
+    >>> outcome.metrics                                                      # doctest: +SKIP
+    {'eval/nll/loss': 10.8}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import numbers
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bios_callbacks.evaluators.base import (
+    EvaluatorBuilder,
+    SamplingClientEvaluator,
+    TrainingClientEvaluator,
+)
+from bios_callbacks.live_clients import LiveClients
+
+NAMESPACE = "eval"
+
+
+@dataclass
+class EvaluatorSlot:
+    """One builder, the evaluator it built (once), and the stable name its metrics go under."""
+
+    builder: EvaluatorBuilder
+    name: str = ""
+    evaluator: Any = None
+
+    def build(self) -> None:
+        """Calls the builder if it has not succeeded yet (raises what the builder raises)."""
+        if self.evaluator is None:
+            evaluator = self.builder()
+            if not isinstance(evaluator, (SamplingClientEvaluator, TrainingClientEvaluator)):
+                raise TypeError(
+                    f"evaluator builder {self.name!r} returned {evaluator!r}; expected a "
+                    "SamplingClientEvaluator or TrainingClientEvaluator (subclass one of "
+                    "bios_callbacks.evaluators)."
+                )
+            self.evaluator = evaluator
+
+
+def _builder_name(builder: Any) -> str:
+    target = getattr(builder, "func", builder)
+    return getattr(target, "__name__", type(target).__name__)
+
+
+def name_slots(builders: Sequence[EvaluatorBuilder]) -> list[EvaluatorSlot]:
+    """Makes a slot per builder; builds each once to learn its name (``evaluator.name``, else
+    the class name). Repeated names get ``_2``, ``_3``... in list order, so keys never clash.
+    A builder that raises here is retried when its round comes (and reported then)."""
+    slots: list[EvaluatorSlot] = []
+    seen: dict[str, int] = {}
+    for builder in builders:
+        slot = EvaluatorSlot(builder=builder, name=_builder_name(builder))
+        try:
+            slot.build()
+        except Exception:
+            pass
+        else:
+            evaluator = slot.evaluator
+            slot.name = str(getattr(evaluator, "name", None) or type(evaluator).__name__)
+        seen[slot.name] = seen.get(slot.name, 0) + 1
+        if seen[slot.name] > 1:
+            slot.name = f"{slot.name}_{seen[slot.name]}"
+        slots.append(slot)
+    return slots
+
+
+@dataclass
+class RoundOutcome:
+    """Metrics under ``eval/<evaluator>/<key>``, failures, exceptions, transcripts."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+    tracebacks: list[str] = field(default_factory=list)
+    transcripts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def fail(self, evaluator: str, kind: str, message: str, error: BaseException | None) -> None:
+        self.failures.append({"evaluator": evaluator, "kind": kind, "message": message})
+        if error is not None:
+            self.errors.append(error)
+            self.tracebacks.append("".join(traceback.format_exception(error)))
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", 0) == 0:
+        try:
+            return float(item())
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _record_values(outcome: RoundOutcome, slot: EvaluatorSlot, result: Any) -> None:
+    if not isinstance(result, Mapping):
+        outcome.fail(
+            slot.name,
+            "invalid_value",
+            f"returned {type(result).__name__}, expected dict[str, float]",
+            None,
+        )
+        return
+    for key, value in result.items():
+        number = _as_float(value)
+        full_key = f"{NAMESPACE}/{slot.name}/{key}"
+        if number is None or not math.isfinite(number):
+            outcome.fail(
+                slot.name, "invalid_value", f"{key}={value!r} is not a finite number", None
+            )
+        elif full_key in outcome.metrics:
+            outcome.fail(slot.name, "duplicate_key", f"{full_key} already set this round", None)
+        else:
+            outcome.metrics[full_key] = number
+    transcripts = (
+        list(slot.evaluator.transcripts()) if hasattr(slot.evaluator, "transcripts") else []
+    )
+    if transcripts:
+        outcome.transcripts[slot.name] = transcripts
+
+
+async def run_round(
+    slots: Sequence[EvaluatorSlot],
+    clients: LiveClients,
+    *,
+    timeout_s: float | None,
+    on_done: Callable[[str, float, bool], None] = lambda name, seconds, ok: None,
+) -> RoundOutcome:
+    """Runs every slot's evaluator concurrently; a failing one never stops the others.
+
+    ``on_done(name, seconds, ok)`` is called as each evaluator finishes (for progress output).
+    """
+    outcome = RoundOutcome()
+
+    async def run_one(slot: EvaluatorSlot) -> None:
+        start = time.perf_counter()
+        ok = False
+        try:
+            slot.build()
+        except Exception as error:
+            outcome.fail(slot.name, "build", f"builder raised {error!r}", error)
+            on_done(slot.name, time.perf_counter() - start, ok)
+            return
+        try:
+            if isinstance(slot.evaluator, SamplingClientEvaluator):
+                client = clients.sampling()
+            else:
+                client = clients.training()
+            result = await asyncio.wait_for(slot.evaluator(client), timeout_s)
+        except asyncio.TimeoutError as error:
+            outcome.fail(slot.name, "timeout", f"took longer than {timeout_s}s", error)
+        except Exception as error:
+            outcome.fail(slot.name, "exception", repr(error), error)
+        else:
+            ok = True
+            _record_values(outcome, slot, result)
+        on_done(slot.name, time.perf_counter() - start, ok)
+
+    await asyncio.gather(*(run_one(slot) for slot in slots))
+    return outcome

@@ -1,0 +1,230 @@
+"""EvalCallback in real Lightning runs: schedule, logging, failures, checkpoints, results file."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import math
+import random
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lit_tiny import TinyLM, make_trainer, scalars, steps, token_loader
+from tiny import make_tiny_model
+
+from bios_callbacks.callback import EvalCallback
+from bios_callbacks.eval_results import read_records
+from bios_callbacks.evaluators import NLLEvaluator, SamplingClientEvaluator, TrainingClientEvaluator
+
+HELD_OUT = [[1, 200, 300, 400, 500], [1, 600, 700, 800]]
+
+
+def nll_builder(examples=HELD_OUT, **kwargs):
+    return functools.partial(NLLEvaluator, examples, **kwargs)
+
+
+def fit(tmp_path, tiny_model, tokenizer, callback, *, max_steps, extra_callbacks=(), **kwargs):
+    module = TinyLM(tiny_model, tokenizer)
+    trainer = make_trainer(tmp_path, [callback, *extra_callbacks], max_steps=max_steps, **kwargs)
+    trainer.fit(module, token_loader(), ckpt_path=kwargs.pop("ckpt_path", None))
+    return trainer, module
+
+
+def test_schedule_zero_multiples_and_final_step(tmp_path, tiny_model, tokenizer):
+    callback = EvalCallback(
+        evaluator_builders=[nll_builder()],
+        eval_every=3,
+        infrequent_evaluator_builders=[nll_builder(name="slow")],
+        infrequent_eval_every=5,
+    )
+    trainer, _ = fit(tmp_path, tiny_model, tokenizer, callback, max_steps=7)
+    assert trainer.global_step == 7
+    assert steps(trainer.log_dir, "eval/nll/loss") == [0, 3, 6, 7]
+    assert steps(trainer.log_dir, "eval/slow/loss") == [0, 5, 7]
+    # one round per step, even when both lists run at it
+    assert steps(trainer.log_dir, "eval/time_s") == [0, 3, 5, 6, 7]
+    losses = dict(scalars(trainer.log_dir)["eval/nll/loss"])
+    assert losses[7] != losses[0]  # the live weights were evaluated, not a copy
+
+
+def test_gradient_accumulation_evaluates_each_step_once(tmp_path, tiny_model, tokenizer):
+    callback = EvalCallback(evaluator_builders=[nll_builder()], eval_every=2)
+    trainer, _ = fit(
+        tmp_path, tiny_model, tokenizer, callback, max_steps=4, accumulate_grad_batches=3
+    )
+    assert steps(trainer.log_dir, "eval/nll/loss") == [0, 2, 4]
+
+
+def test_interval_zero_disables_a_list(tmp_path, tiny_model, tokenizer):
+    callback = EvalCallback(
+        evaluator_builders=[nll_builder()],
+        eval_every=0,
+        infrequent_evaluator_builders=[nll_builder(name="slow")],
+        infrequent_eval_every=2,
+    )
+    trainer, _ = fit(tmp_path, tiny_model, tokenizer, callback, max_steps=3)
+    tags = scalars(trainer.log_dir)
+    assert "eval/nll/loss" not in tags
+    assert [s for s, _ in tags["eval/slow/loss"]] == [0, 2, 3]
+
+
+def test_resume_mid_run_neither_repeats_nor_restarts(tmp_path, tiny_model, tokenizer):
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    first = EvalCallback(evaluator_builders=[nll_builder()], eval_every=2)
+    trainer, _ = fit(
+        tmp_path / "a", tiny_model, tokenizer, first, max_steps=5,
+        extra_callbacks=[checkpoints], enable_checkpointing=True,
+    )
+    assert steps(trainer.log_dir, "eval/nll/loss") == [0, 2, 4, 5]
+    ckpt = next(p for p in (tmp_path / "ckpt").iterdir() if "step=4" in p.name)
+
+    second = EvalCallback(evaluator_builders=[nll_builder()], eval_every=2)
+    module = TinyLM(make_tiny_model(tokenizer, seed=1), tokenizer)
+    resumed = make_trainer(tmp_path / "b", [second], max_steps=7)
+    resumed.fit(module, token_loader(), ckpt_path=str(ckpt))
+    assert steps(resumed.log_dir, "eval/nll/loss") == [6, 7]
+
+
+class Raises(TrainingClientEvaluator):
+    name = "raises"
+
+    async def __call__(self, training_client):
+        raise ValueError("grader exploded")
+
+
+class Sleeps(SamplingClientEvaluator):
+    name = "sleeps"
+
+    async def __call__(self, sampling_client):
+        await asyncio.sleep(60)
+        return {"never": 1.0}
+
+
+class BadValues(TrainingClientEvaluator):
+    name = "bad"
+
+    async def __call__(self, training_client):
+        return {"nan": math.nan, "text": "high", "ok": 2.0, "tensor": torch.tensor(3.0)}
+
+
+def broken_builder():
+    raise RuntimeError("could not load the eval set")
+
+
+def test_failures_are_reported_and_training_continues(tmp_path, tiny_model, tokenizer, caplog):
+    callback = EvalCallback(
+        evaluator_builders=[nll_builder(), Raises, Sleeps, BadValues, broken_builder],
+        eval_every=2,
+        evaluator_timeout_s=0.5,
+    )
+    trainer, _ = fit(tmp_path, tiny_model, tokenizer, callback, max_steps=2)
+    assert trainer.global_step == 2
+    tags = scalars(trainer.log_dir)
+    assert [s for s, _ in tags["eval/nll/loss"]] == [0, 2]
+    assert tags["eval/bad/ok"] == [(0, 2.0), (2, 2.0)]
+    assert tags["eval/bad/tensor"] == [(0, 3.0), (2, 3.0)]
+    assert "eval/bad/nan" not in tags and "eval/bad/text" not in tags
+    # raises + sleeps (timeout) + 2 bad values + broken builder
+    assert [v for _, v in tags["eval/failures"]] == [5.0, 5.0]
+    records = read_records(f"{trainer.log_dir}/eval_results.jsonl")
+    kinds = {(f["evaluator"], f["kind"]) for f in records[0].failures}
+    assert kinds == {
+        ("raises", "exception"), ("sleeps", "timeout"), ("bad", "invalid_value"),
+        ("broken_builder", "build"),
+    }
+    assert "grader exploded" in caplog.text and "Traceback" in caplog.text
+
+
+def test_fail_fast_reraises(tmp_path, tiny_model, tokenizer):
+    callback = EvalCallback(evaluator_builders=[Raises], eval_every=2, fail_fast=True)
+    with pytest.raises(ValueError, match="grader exploded"):
+        fit(tmp_path, tiny_model, tokenizer, callback, max_steps=2)
+
+
+def test_same_keys_from_two_evaluators_both_survive(tmp_path, tiny_model, tokenizer):
+    callback = EvalCallback(
+        evaluator_builders=[nll_builder(HELD_OUT[:1]), nll_builder(HELD_OUT[1:])], eval_every=5
+    )
+    trainer, _ = fit(tmp_path, tiny_model, tokenizer, callback, max_steps=1)
+    tags = scalars(trainer.log_dir)
+    assert tags["eval/nll/loss"][0][1] != tags["eval/nll_2/loss"][0][1]
+
+
+def test_results_file_checkpoints_and_monitor(tmp_path, tiny_model, tokenizer):
+    checkpoints = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1, monitor="eval/nll/loss"
+    )
+    callback = EvalCallback(
+        evaluator_builders=[nll_builder()], eval_every=100, eval_on_checkpoint=True
+    )
+    trainer, _ = fit(
+        tmp_path, tiny_model, tokenizer, callback, max_steps=6,
+        extra_callbacks=[checkpoints], enable_checkpointing=True,
+    )
+    lines = (tmp_path / "run" / "version_0" / "eval_results.jsonl").read_text().splitlines()
+    rounds = [json.loads(line) for line in lines]
+    assert [r["step"] for r in rounds] == [0, 3, 6]
+    assert set(rounds[1]) >= {"step", "metrics", "failures", "time_s"}
+    assert rounds[1]["metrics"]["eval/nll/loss"] > 0
+    for path in sorted((tmp_path / "ckpt").iterdir()):
+        saved = torch.load(path, weights_only=False)
+        assert saved["eval_results"]["step"] == saved["global_step"]
+        assert "eval/nll/loss" in saved["eval_results"]["metrics"]
+    assert checkpoints.best_model_score is not None
+    assert "eval/nll/loss" in trainer.callback_metrics
+
+
+def _with_dropout(model):
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    return model
+
+
+class Generates(SamplingClientEvaluator):
+    """Samples, and draws from the global RNGs the way a user's subsampling might."""
+
+    name = "gen"
+
+    async def __call__(self, sampling_client):
+        from bios_callbacks.types import SamplingParams
+
+        torch.randperm(100)
+        random.random()
+
+        params = SamplingParams(max_tokens=3, temperature=1.0)
+        results = await asyncio.gather(
+            *(sampling_client.sample_async(prompt=[1, 2, 3], sampling_params=params)
+              for _ in range(3))
+        )
+        return {"tokens": float(sum(len(r.sequences[0].tokens) for r in results))}
+
+
+class FlagRecorder(TinyLM):
+    """Keeps one submodule frozen in eval mode and records the flags every batch sees."""
+
+    def on_train_start(self):
+        self.model.model.embed_tokens.eval()
+        self.seen = []
+
+    def on_train_batch_start(self, batch, batch_idx):
+        embed = self.model.model.embed_tokens
+        self.seen.append((self.training, self.model.training, embed.training))
+
+
+def test_rounds_leave_weights_flags_and_rng_as_without_callback(tmp_path, tokenizer):
+    def run(callbacks, where):
+        module = FlagRecorder(_with_dropout(make_tiny_model(tokenizer, seed=0)), tokenizer)
+        torch.manual_seed(123)
+        make_trainer(tmp_path / where, callbacks, max_steps=4).fit(module, token_loader())
+        return module
+
+    callback = EvalCallback(evaluator_builders=[nll_builder(), Generates], eval_every=1)
+    evaluated = run([callback], "with")
+    plain = run([], "without")
+    assert evaluated.seen == plain.seen == [(True, True, False)] * 4
+    for a, b in zip(evaluated.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert steps(evaluated.trainer.log_dir, "eval/gen/tokens") == [0, 1, 2, 3, 4]

@@ -160,7 +160,7 @@ def _hub_error(name: str, cause: BaseException) -> OSError:
         f"Cannot load model {name!r}: {reason}. Local options: the embedded model "
         f"{EMBEDDED_MODEL!r}, a local Hugging Face model directory, or a checkpoint directory / "
         f"bios://<run>/<name> URI (checkpoints live under $BIOS_CHECKPOINT_ROOT, default ./runs). "
-        f"Underlying error: {cause}"
+        f"Without network, set HF_HUB_OFFLINE=1 to fail fast. Underlying error: {cause}"
     )
 
 

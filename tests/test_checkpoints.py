@@ -110,7 +110,7 @@ def test_missing_checkpoint_names_the_path_and_the_root(tmp_path, monkeypatch):
 
 
 def test_directory_without_metadata_is_not_a_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="bios_checkpoint.json"):
+    with pytest.raises(FileNotFoundError, match=r"bios_checkpoint\.json"):
         resolve_model_path(tmp_path)
 
 

@@ -1,0 +1,124 @@
+"""TrainingClient, NLLEvaluator and QAEvaluator against real models."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from bios_callbacks.evaluators import NLLEvaluator, QAEvaluator
+from bios_callbacks.renderers import get_renderer
+from bios_callbacks.sampling_client import SamplingClient
+from bios_callbacks.training_client import TrainingClient
+
+SEQUENCES = [[1, 200, 300, 400, 500], [1, 600, 700]]
+
+
+def test_logprobs_match_the_model_and_leave_it_untouched(tiny_model):
+    tiny_model.train()
+    before = [p.detach().clone() for p in tiny_model.parameters()]
+    client = TrainingClient.from_module(tiny_model, max_batch_size=1)
+    logprobs = client.compute_logprobs(SEQUENCES)
+
+    assert [len(x) for x in logprobs] == [4, 2]
+    with torch.no_grad():
+        tiny_model.eval()
+        ids = torch.tensor([SEQUENCES[0]])
+        expected = torch.log_softmax(tiny_model(input_ids=ids).logits[0, :-1], -1)
+        expected = expected.gather(-1, ids[0, 1:, None])[:, 0]
+    assert torch.allclose(torch.tensor(logprobs[0]), expected, atol=1e-5)
+    tiny_model.train()
+    # batched (padded) scoring agrees with one-at-a-time scoring
+    batched = TrainingClient.from_module(tiny_model, max_batch_size=8).compute_logprobs(SEQUENCES)
+    assert torch.allclose(torch.tensor(batched[1]), torch.tensor(logprobs[1]), atol=1e-5)
+    assert all(m.training for m in tiny_model.modules())
+    assert all(p.grad is None for p in tiny_model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny_model.parameters(), strict=True))
+
+
+def test_logprobs_reject_sequences_too_short_to_score(tiny_model):
+    with pytest.raises(ValueError, match="sequence 1 has 1 token"):
+        TrainingClient(tiny_model).compute_logprobs([[1, 2], [3]])
+
+
+def test_nll_equals_the_models_own_loss(tiny_model):
+    client = TrainingClient.from_module(tiny_model)
+    result = asyncio.run(NLLEvaluator([SEQUENCES[0]])(client))
+    with torch.no_grad():
+        ids = torch.tensor([SEQUENCES[0]])
+        expected = tiny_model(input_ids=ids, labels=ids).loss.item()
+    assert result["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_nll_weights_select_the_scored_tokens(tiny_model):
+    client = TrainingClient.from_module(tiny_model)
+    tokens = SEQUENCES[0]
+    last_only = asyncio.run(NLLEvaluator([(tokens, [0, 0, 0, 0, 1])])(client))["loss"]
+    logprobs = client.compute_logprobs([tokens])[0]
+    assert last_only == pytest.approx(-logprobs[-1], rel=1e-5)
+
+
+def test_nll_from_conversations_scores_assistant_turns(tiny_model, tokenizer):
+    renderer = get_renderer(name="chatml", tokenizer=tokenizer)
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]
+    evaluator = NLLEvaluator.from_conversations([chat], renderer)
+    assert list(evaluator.eval_prompts()) == ["Hi"]
+    loss = asyncio.run(evaluator(TrainingClient.from_module(tiny_model)))["loss"]
+    assert loss > 0
+
+
+@pytest.mark.parametrize(
+    ("examples", "message"),
+    [
+        ([], "no examples"),
+        ([[5]], "at least 2"),
+        ([([1, 2, 3], [1, 1])], "3 tokens but 2 weights"),
+        ([([1, 2, 3], [1, 0, 0])], "every weight after the first token is 0"),
+    ],
+)
+def test_nll_bad_examples_name_the_problem(examples, message):
+    with pytest.raises(ValueError, match=message):
+        NLLEvaluator(examples)
+
+
+def test_qa_samples_all_questions_and_grades_them(tiny_model, tokenizer):
+    dataset = [{"input": f"Question {i}?", "target": "x"} for i in range(4)]
+    seen = []
+
+    def grader(response, target):
+        seen.append((response, target))
+        return len(seen) % 2 == 0
+
+    evaluator = QAEvaluator(
+        dataset, grader, renderer_name="chatml", max_tokens=4, num_transcripts=2
+    )
+    with SamplingClient.from_module(tiny_model, tokenizer) as client:
+        result = asyncio.run(evaluator(client))
+    assert result == {"accuracy": 0.5}
+    assert len(seen) == 4
+    assert [q for q, _ in evaluator.transcripts()] == ["Question 0?", "Question 1?"]
+    assert list(evaluator.eval_prompts()) == [d["input"] for d in dataset]
+
+
+def test_qa_bad_configuration_is_explained():
+    with pytest.raises(ValueError, match="'input' and 'target'"):
+        QAEvaluator([{"question": "?"}], lambda r, t: True, renderer_name="chatml")
+    with pytest.raises(ValueError, match="exactly one of renderer="):
+        QAEvaluator([{"input": "?", "target": "!"}], lambda r, t: True)
+
+
+@pytest.mark.embedded
+def test_qa_on_the_real_model_knows_capitals(embedded):
+    model, tokenizer = embedded
+    dataset = [
+        {"input": "What is the capital of France?", "output": "Paris"},
+        {"input": "What is the capital of Germany?", "output": "Berlin"},
+        {"input": "What is the capital of Japan?", "output": "Tokyo"},
+    ]
+    evaluator = QAEvaluator(
+        dataset, lambda response, target: target.lower() in response.lower(),
+        renderer_name="chatml", max_tokens=24,
+    )
+    with SamplingClient.from_module(model, tokenizer) as client:
+        assert asyncio.run(evaluator(client)) == {"accuracy": 1.0}

@@ -1,0 +1,171 @@
+"""InspectAPIFromBiosSampling: Inspect messages and settings through a real sampling client."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from inspect_ai import Task, eval
+from inspect_ai.dataset import MemoryDataset, Sample
+from inspect_ai.model import (
+    ChatMessageAssistant,
+    ChatMessageSystem,
+    ChatMessageTool,
+    ChatMessageUser,
+    GenerateConfig,
+    Model,
+    get_model,
+)
+from inspect_ai.scorer import includes
+from inspect_ai.solver import generate
+
+from bios_callbacks.eval.inspect_runner import preserved_terminal
+from bios_callbacks.eval.inspect_utils import InspectAPIFromBiosSampling, to_renderer_messages
+from bios_callbacks.sampling_client import SamplingClient
+
+CAPITALS = {"France": "Paris", "Italy": "Rome", "Germany": "Berlin", "Spain": "Madrid",
+            "Japan": "Tokyo", "England": "London"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_terminal():
+    """`eval(display="none")` quiets Rich's global console; later tests need it back."""
+    with preserved_terminal():
+        yield
+
+
+class InFlight:
+    """A real client, counting how many `sample_async` calls are in flight at once."""
+
+    def __init__(self, client):
+        self.client, self.tokenizer, self.now, self.peak = client, client.tokenizer, 0, 0
+
+    async def sample_async(self, **kwargs):
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            return await self.client.sample_async(**kwargs)
+        finally:
+            self.now -= 1
+
+
+@pytest.fixture
+def tiny_api(tiny_model, tokenizer):
+    client = SamplingClient.from_module(tiny_model, tokenizer)
+    yield InspectAPIFromBiosSampling(
+        renderer_name="chatml", model_name="tiny", sampling_client=client, verbose=False
+    )
+    client.close()
+
+
+def generate_once(api, config, messages=None):
+    model = Model(api, GenerateConfig())
+    messages = messages or [ChatMessageUser(content="Tell me a story.")]
+    return asyncio.run(model.generate(messages, config=config))
+
+
+def test_messages_of_every_role_go_through_the_renderer():
+    messages = [
+        ChatMessageSystem(content="Be brief."),
+        ChatMessageUser(content="Weather?"),
+        ChatMessageAssistant(content="Let me look."),
+        ChatMessageTool(content="sunny", function="weather"),
+    ]
+    assert to_renderer_messages(messages) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "Let me look."},
+        {"role": "tool", "content": "sunny"},
+    ]
+
+
+def test_max_tokens_num_choices_and_usage(tiny_api):
+    output = generate_once(tiny_api, GenerateConfig(max_tokens=5, num_choices=3, temperature=1.0,
+                                                    seed=3))
+    assert len(output.choices) == 3
+    assert all(c.stop_reason == "max_tokens" for c in output.choices)
+    prompt = tiny_api.renderer.build_generation_prompt([{"role": "user",
+                                                         "content": "Tell me a story."}])
+    assert output.usage.input_tokens == prompt.length
+    assert output.usage.output_tokens == 15
+    assert output.usage.total_tokens == prompt.length + 15
+
+
+def test_seed_and_greedy_are_reproducible(tiny_api):
+    sampled = [generate_once(tiny_api, GenerateConfig(max_tokens=6, temperature=1.0, seed=7,
+                                                      top_k=50, top_p=0.9)).completion
+               for _ in range(2)]
+    assert sampled[0] == sampled[1]
+    greedy = generate_once(tiny_api, GenerateConfig(max_tokens=6))
+    assert greedy.completion == generate_once(tiny_api, GenerateConfig(max_tokens=6)).completion
+
+
+def test_stop_seqs_end_generation_and_are_removed(tiny_api):
+    free = generate_once(tiny_api, GenerateConfig(max_tokens=12))
+    word = free.completion.split()[1]
+    stopped = generate_once(tiny_api, GenerateConfig(max_tokens=12, stop_seqs=[word]))
+    assert stopped.stop_reason == "stop"
+    assert word not in stopped.completion
+    assert free.completion.startswith(stopped.completion)
+
+
+def test_logprobs_come_back_per_token(tiny_api):
+    output = generate_once(tiny_api, GenerateConfig(max_tokens=4, logprobs=True))
+    logprobs = output.choices[0].logprobs.content
+    assert len(logprobs) == 4
+    assert all(lp.logprob <= 0 for lp in logprobs)
+
+
+def test_samples_reach_the_client_together(tiny_model, tokenizer, tmp_path):
+    client = SamplingClient.from_module(tiny_model, tokenizer)
+    counting = InFlight(client)
+    api = InspectAPIFromBiosSampling(renderer_name="chatml", model_name="tiny",
+                                     sampling_client=counting)
+    task = Task(dataset=MemoryDataset([Sample(input=f"Count to {i}") for i in range(12)]),
+                solver=generate(), config=GenerateConfig(max_tokens=4))
+    [log] = eval(task, model=Model(api, GenerateConfig(max_connections=32)),
+                 log_dir=str(tmp_path), display="none")
+    client.close()
+    assert log.status == "success"
+    assert counting.peak == 12
+
+
+def test_unknown_model_argument_names_the_valid_ones(tiny_model, tokenizer):
+    client = SamplingClient.from_module(tiny_model, tokenizer)
+    with pytest.raises(TypeError, match="renderer_name"):
+        InspectAPIFromBiosSampling(model_name="tiny", sampling_client=client, renderer="chatml")
+    client.close()
+
+
+def test_bios_provider_loads_a_checkpoint_by_path(tiny_model, tokenizer, tmp_path):
+    from bios_callbacks.checkpoints import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "ckpt", tiny_model, tokenizer,
+                           base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+                           renderer_name="chatml", step=3)
+    model = get_model(f"bios/{path}", memoize=False)
+    try:
+        assert model.api.renderer_name == "chatml"  # from the checkpoint's metadata
+        output = asyncio.run(model.generate("Hi", config=GenerateConfig(max_tokens=3)))
+        assert output.usage.output_tokens == 3
+    finally:
+        model.api.close()
+
+
+@pytest.mark.embedded
+def test_embedded_model_knows_capitals(embedded, tmp_path):
+    model, tokenizer = embedded
+    client = SamplingClient.from_module(model, tokenizer)
+    api = InspectAPIFromBiosSampling(renderer_name="chatml",
+                                     model_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+                                     sampling_client=client)
+    task = Task(
+        dataset=MemoryDataset([Sample(input=f"What is the capital of {c}?", target=city)
+                               for c, city in CAPITALS.items()]),
+        solver=generate(), scorer=includes(), config=GenerateConfig(max_tokens=48),
+    )
+    [log] = eval(task, model=Model(api, GenerateConfig(max_connections=32)),
+                 log_dir=str(tmp_path), display="none")
+    client.close()
+    accuracy = log.results.scores[0].metrics["accuracy"].value
+    assert accuracy >= 0.5, [s.output.completion for s in log.samples]

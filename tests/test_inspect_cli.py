@@ -1,0 +1,117 @@
+"""The offline CLI, Inspect's own CLI route, task naming and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bios_callbacks.eval.inspect_runner import preserved_terminal
+from bios_callbacks.eval.inspect_tasks import (
+    HubDatasetUnavailableError,
+    TaskNotFoundError,
+    resolve_task,
+)
+from bios_callbacks.eval.run_inspect_evals import UsageError, main, parse_args
+from bios_callbacks.model_loading import EMBEDDED_MODEL
+
+FIXTURE = str(Path(__file__).with_name("inspect_tasks_fixture.py"))
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _restore_terminal():
+    with preserved_terminal():
+        yield
+
+
+@pytest.fixture
+def checkpoint(tiny_model, tokenizer, tmp_path):
+    from bios_callbacks.checkpoints import save_checkpoint
+
+    return save_checkpoint(tmp_path / "run" / "checkpoints" / "final", tiny_model, tokenizer,
+                           base_model=EMBEDDED_MODEL, renderer_name="chatml", step=7)
+
+
+def test_bad_key_names_the_valid_keys():
+    with pytest.raises(UsageError, match="valid keys: .*tasks.*model_path"):
+        parse_args(["model_pth=x", "tasks=a.py@t"])
+    with pytest.raises(UsageError, match="limit"):
+        parse_args(["model_name=m", "tasks=a.py@t", "limit=ten"])
+    assert main(["tasks=a.py@t", "model_nme=m"]) == 2
+
+
+def test_unknown_task_says_how_tasks_are_named():
+    with pytest.raises(TaskNotFoundError, match=r"'no_such_task'.*file\.py@task_name"):
+        resolve_task("no_such_task")
+    with pytest.raises(TaskNotFoundError, match=r"bios-callbacks\[inspect-evals\]"):
+        resolve_task("inspect_evals/ifeval")
+    with pytest.raises(TaskNotFoundError, match="has no 'nope'"):
+        resolve_task("inspect_tasks_fixture:nope")
+
+
+def test_hub_dataset_fails_at_once_naming_it(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from bios_callbacks.eval.inspect_tasks import hub_reachable
+
+    hub_reachable.cache_clear()
+    try:
+        with pytest.raises(HubDatasetUnavailableError, match=r"'openai/gsm8k'.*HF_HUB_OFFLINE=1"):
+            resolve_task(f"{FIXTURE}@needs_hub")
+    finally:
+        hub_reachable.cache_clear()
+
+
+def test_cli_on_a_checkpoint(checkpoint, capsys):
+    status = main([f"model_path={checkpoint}", f"tasks={FIXTURE}@echo,{FIXTURE}@partly_broken",
+                   "max_tokens=4"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "echo/match/accuracy" in out
+    assert re.search(r"partly_broken/failed_samples +1\n", out)
+    echo = json.loads((checkpoint / "evals" / "echo.json").read_text())
+    assert echo["step"] == 7 and echo["renderer_name"] == "chatml"
+    assert echo["samples"] == 4 and "echo/match/accuracy" in echo["metrics"]
+    broken = json.loads((checkpoint / "evals" / "partly_broken.json").read_text())
+    assert list(broken["errors"]) == ["1"]
+    assert broken["metrics"]["partly_broken/fails_on_sample_one/accuracy"] == 1.0
+    assert list((checkpoint / "evals" / "logs").glob("*.eval"))
+
+
+def test_cli_with_bios_uri(checkpoint, monkeypatch, capsys):
+    monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", str(checkpoint.parent.parent.parent))
+    status = main(["model_path=bios://run/final", f"tasks={FIXTURE}@echo", "limit=2",
+                   "max_tokens=3"])
+    assert status == 0
+    assert json.loads((checkpoint / "evals" / "echo.json").read_text())["samples"] == 2
+
+
+def test_inspect_eval_cli_route(checkpoint, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "INSPECT_DISPLAY": "none"}
+    result = subprocess.run(
+        [sys.executable, "-m", "inspect_ai", "eval", f"{FIXTURE}@echo", "--model",
+         f"bios/{checkpoint}", "-M", "renderer_name=chatml", "--max-tokens", "3",
+         "--log-dir", str(tmp_path / "logs"), "--log-format", "json"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    [log_file] = (tmp_path / "logs").glob("*.json")
+    log = json.loads(log_file.read_text())
+    assert log["status"] == "success"
+    assert log["eval"]["model"] == f"bios/{checkpoint}"
+    assert len(log["samples"]) == 4
+
+
+@pytest.mark.embedded
+def test_cli_on_the_base_model(embedded, tmp_path, capsys):
+    status = main([f"model_name={EMBEDDED_MODEL}", "renderer_name=chatml",
+                   f"tasks={REPO}/examples/offline_inspect_eval.py@capitals", "max_tokens=48",
+                   f"log_dir={tmp_path}"])
+    assert status == 0
+    result = json.loads((tmp_path / "evals" / "capitals.json").read_text())
+    assert result["metrics"]["capitals/includes/accuracy"] >= 0.5

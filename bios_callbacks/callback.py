@@ -107,12 +107,18 @@ class EvalCallback(Callback):
             ("evaluator_builders", evaluator_builders),
             ("infrequent_evaluator_builders", infrequent_evaluator_builders),
         ):
-            bad = [b for b in builders if not callable(b)]
-            if bad:
-                raise TypeError(
-                    f"{arg} contains {bad[0]!r}, which is not callable; pass zero-argument "
-                    "callables returning evaluators, e.g. a class or functools.partial(...)."
-                )
+            for builder in builders:
+                if isinstance(builder, (SamplingClientEvaluator, TrainingClientEvaluator)):
+                    raise TypeError(
+                        f"{arg} contains the evaluator {builder!r}, not a builder; pass a "
+                        "zero-argument callable returning it, e.g. `lambda: evaluator`, the "
+                        "class, or functools.partial(EvaluatorClass, ...)."
+                    )
+                if not callable(builder):
+                    raise TypeError(
+                        f"{arg} contains {builder!r}, which is not callable; pass zero-argument "
+                        "callables returning evaluators, e.g. a class or functools.partial(...)."
+                    )
         if evaluator_timeout_s is not None and evaluator_timeout_s <= 0:
             raise ValueError(
                 f"evaluator_timeout_s={evaluator_timeout_s!r}: expected seconds > 0, or None."

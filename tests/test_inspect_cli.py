@@ -39,7 +39,7 @@ def checkpoint(tiny_model, tokenizer, tmp_path):
 
 
 def test_bad_key_names_the_valid_keys():
-    with pytest.raises(UsageError, match="valid keys: .*tasks.*model_path"):
+    with pytest.raises(UsageError, match=r"valid keys: .*tasks.*model_path"):
         parse_args(["model_pth=x", "tasks=a.py@t"])
     with pytest.raises(UsageError, match="limit"):
         parse_args(["model_name=m", "tasks=a.py@t", "limit=ten"])

@@ -1,0 +1,90 @@
+"""Overhead of an attached EvalCallback on training steps where it does not evaluate.
+
+Trains a tiny 2-layer Llama on CPU with and without the callback (eval_every larger than the
+run, so only the N=0 and final rounds run, and those are outside the timed window), in
+alternating order, and prints the ratio of median time per step. Target: <= 1.01.
+
+    OMP_NUM_THREADS=1 python bench/callback_overhead.py --steps 100 --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+import warnings
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from bios_callbacks.callback import EvalCallback
+from bios_callbacks.evaluators import NLLEvaluator
+from bios_callbacks.model_loading import EMBEDDED_MODEL
+from bios_callbacks.tokenizer_utils import get_tokenizer
+
+
+class TinyLM(pl.LightningModule):
+    def __init__(self, model, tokenizer):
+        super().__init__()
+        self.model, self.tokenizer = model.train(), tokenizer
+
+    def training_step(self, batch, batch_idx):
+        return self.model(input_ids=batch, labels=batch).loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.model.parameters(), lr=0.01)
+
+
+class StepClock(pl.Callback):
+    """Times from the first batch start to the last batch start (excludes N=0/final rounds)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.starts = [*getattr(self, "starts", []), time.perf_counter()]
+
+    def seconds_per_step(self) -> float:
+        return (self.starts[-1] - self.starts[0]) / (len(self.starts) - 1)
+
+
+def run(tokenizer, steps: int, attached: bool) -> float:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )
+    data = [torch.randint(100, 5000, (32,)) for _ in range(steps * 4)]
+    clock = StepClock()
+    callbacks: list[pl.Callback] = [clock]
+    if attached:
+        builder = functools.partial(NLLEvaluator, [[1, 200, 300, 400]])
+        callbacks.append(EvalCallback([builder], eval_every=10**9, progress=False))
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=steps, logger=False, callbacks=callbacks,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(TinyLM(LlamaForCausalLM(config), tokenizer), DataLoader(data, batch_size=4))
+    return clock.seconds_per_step()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    tokenizer = get_tokenizer(EMBEDDED_MODEL)
+    run(tokenizer, 5, attached=True)  # warm-up
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for repeat in range(args.repeats):
+        for attached in (False, True) if repeat % 2 == 0 else (True, False):
+            times[attached].append(run(tokenizer, args.steps, attached))
+    baseline, attached = statistics.median(times[False]), statistics.median(times[True])
+    print(f"without callback: {baseline * 1e3:.3f} ms/step (median of {args.repeats})")
+    print(f"with callback:    {attached * 1e3:.3f} ms/step (median of {args.repeats})")
+    print(f"ratio: {attached / baseline:.4f}  (target <= 1.01)")
+
+
+if __name__ == "__main__":
+    main()

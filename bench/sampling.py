@@ -1,0 +1,133 @@
+"""Sampling throughput: sequential vs concurrent `sample_async` vs one padded `generate` call.
+
+Run: `python -m bench.sampling` (or `make bench`). Every number is measured in this run, on the
+same prompts and the embedded model, and printed as tokens/s and as ratios, since these machines
+are too noisy for absolute numbers to travel.
+
+Two workloads:
+- equal: every request asks for the same number of tokens (prompts that answer at length);
+- varied: requests ask for 8..128 tokens; the padded batch must run to the longest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import torch
+
+from bios_callbacks import types
+from bios_callbacks.model_loading import EMBEDDED_MODEL, load_model
+from bios_callbacks.sampling_client import SamplingClient
+
+TOPICS = [
+    "the ocean", "a lighthouse keeper", "volcanoes", "the history of bread", "a lost robot",
+    "winter in a city", "honeybees", "the first bicycle", "a chess tournament", "rainforests",
+    "a library at night", "the moon landing", "a mountain village", "clockmakers", "deserts",
+    "an old sailing ship", "thunderstorms", "a jazz musician", "glaciers", "a bakery",
+    "the printing press", "a garden in spring", "owls", "a train journey", "coral reefs",
+    "a detective", "the northern lights", "kites", "a marathon runner", "ancient Rome",
+    "a space station", "autumn leaves",
+]
+VARIED_LENGTHS = [8, 16, 32, 64, 128]
+
+
+def prompts(tokenizer, count: int) -> list[list[int]]:
+    """Chat prompts asking for long answers, tokenized with the model's chat template."""
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"Write a long, detailed story about {topic}."}],
+            add_generation_prompt=True, tokenize=True, return_dict=False,
+        )
+        for topic in (TOPICS * (count // len(TOPICS) + 1))[:count]
+    ]
+
+
+def run_sequential(client, batch, limits) -> tuple[int, float]:
+    async def go():
+        total = 0
+        for prompt, limit in zip(batch, limits, strict=True):
+            params = types.SamplingParams(max_tokens=limit, temperature=0.0)
+            response = await client.sample_async(prompt, 1, params)
+            total += len(response.sequences[0].tokens)
+        return total
+
+    start = time.perf_counter()
+    tokens = asyncio.run(go())
+    return tokens, time.perf_counter() - start
+
+
+def run_concurrent(client, batch, limits) -> tuple[int, float]:
+    async def go():
+        calls = [client.sample_async(p, 1, types.SamplingParams(max_tokens=n, temperature=0.0))
+                 for p, n in zip(batch, limits, strict=True)]
+        return sum(len(r.sequences[0].tokens) for r in await asyncio.gather(*calls))
+
+    start = time.perf_counter()
+    tokens = asyncio.run(go())
+    return tokens, time.perf_counter() - start
+
+
+def run_static(model, tokenizer, batch, limits) -> tuple[int, float]:
+    """One left-padded `generate` call; each row counts only the tokens it asked for."""
+    width = max(map(len, batch))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(limits),
+                             do_sample=False, pad_token_id=pad)
+    elapsed = time.perf_counter() - start
+    eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
+    tokens = 0
+    for row, limit in zip(out[:, width:].tolist(), limits, strict=True):
+        useful = row[:limit]
+        ends = [i for i, t in enumerate(useful) if t in eos]
+        tokens += ends[0] + 1 if ends else len(useful)
+    return tokens, elapsed
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, int) else list(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=32, help="prompts in the largest batch")
+    parser.add_argument("--sequential", type=int, default=8, help="prompts run one at a time")
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens per equal request")
+    args = parser.parse_args()
+
+    model, tokenizer = load_model(EMBEDDED_MODEL)
+    client = SamplingClient.from_module(model, tokenizer, max_batch_size=args.prompts)
+    batch = prompts(tokenizer, args.prompts)
+    run_concurrent(client, batch[:2], [4, 4])  # warm-up
+
+    print(f"model {EMBEDDED_MODEL}, fp32, {torch.get_num_threads()} threads, greedy")
+    for workload in ("equal", "varied"):
+        if workload == "equal":
+            limits = [args.max_tokens] * len(batch)
+        else:
+            limits = [VARIED_LENGTHS[i % len(VARIED_LENGTHS)] for i in range(len(batch))]
+        rows = [(f"sequential x{args.sequential}",
+                 run_sequential(client, batch[: args.sequential], limits[: args.sequential]))]
+        for n in sorted({n for n in (8, 16, args.prompts) if n <= args.prompts}):
+            rows.append((f"concurrent x{n}", run_concurrent(client, batch[:n], limits[:n])))
+        rows.append((f"padded generate x{len(batch)}", run_static(model, tokenizer, batch, limits)))
+        rate = {name: tokens / seconds for name, (tokens, seconds) in rows}
+        base, static = rate[rows[0][0]], rate[rows[-1][0]]
+        print(f"\n{workload} lengths ({'x'.join(map(str, sorted(set(limits))))} new tokens)")
+        print(f"| {'run':<24} | tokens | seconds | tokens/s | vs sequential | vs padded |")
+        print(f"|{'-' * 26}|--------|---------|----------|---------------|-----------|")
+        for name, (tokens, seconds) in rows:
+            print(f"| {name:<24} | {tokens:6d} | {seconds:7.1f} | {rate[name]:8.1f} "
+                  f"| {rate[name] / base:12.2f}x | {rate[name] / static:8.2f}x |")
+    client.close()
+
+
+if __name__ == "__main__":
+    main()

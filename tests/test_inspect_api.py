@@ -169,3 +169,31 @@ def test_embedded_model_knows_capitals(embedded, tmp_path):
     client.close()
     accuracy = log.results.scores[0].metrics["accuracy"].value
     assert accuracy >= 0.5, [s.output.completion for s in log.samples]
+
+
+@pytest.mark.embedded
+def test_llm_as_judge_listing_with_a_local_grader(embedded, tmp_path):
+    from inspect_ai.scorer import model_graded_qa
+
+    model, tokenizer = embedded
+    client = SamplingClient.from_module(model, tokenizer)
+    api = InspectAPIFromBiosSampling(renderer_name="chatml", model_name="smollm2",
+                                     sampling_client=client)
+    task = Task(
+        dataset=MemoryDataset([Sample(input="What is the capital of France?", target="Paris"),
+                               Sample(input="What is the capital of Italy?", target="Rome")]),
+        solver=generate(),
+        scorer=model_graded_qa(
+            instructions="Grade strictly. Respond 'GRADE: C' if correct or 'GRADE: I' otherwise.",
+            partial_credit=False),
+    )
+    grader = Model(api, GenerateConfig(temperature=0.0, max_tokens=32, max_connections=32))
+    [log] = eval(task, model=Model(api, GenerateConfig(max_tokens=32, max_connections=32)),
+                 model_roles={"grader": grader}, log_dir=str(tmp_path), display="none")
+    client.close()
+    assert log.status == "success"
+    assert all("model_graded_qa" in s.scores for s in log.samples)  # a 135M grader may not grade
+    assert "accuracy" in log.results.scores[0].metrics
+    grader_calls = [e for s in log.samples for e in s.events
+                    if e.event == "model" and e.role == "grader"]
+    assert grader_calls and all(e.config.max_tokens == 32 for e in grader_calls)

@@ -115,6 +115,11 @@ class TrainConfig:
     @classmethod
     def from_cli(cls: type[C], argv: Sequence[str]) -> C:
         """Builds a config from `key=value` words, as in `python -m trainers.sft steps=10`."""
+        return cls.from_dict(cls.parse_cli(argv))
+
+    @classmethod
+    def parse_cli(cls, argv: Sequence[str]) -> dict[str, Any]:
+        """The `key=value` words as a dict of typed values; unknown keys are an error."""
         values: dict[str, Any] = {}
         for word in argv:
             key, sep, raw = word.partition("=")
@@ -123,7 +128,12 @@ class TrainConfig:
                     f"Argument {word!r} is not key=value. Valid keys: {', '.join(cls.keys())}."
                 )
             values[key] = _parse_value(raw, is_list=key.endswith("_builders"))
-        return cls.from_dict(values)
+        unknown = sorted(set(values) - set(cls.keys()))
+        if unknown:
+            raise ValueError(
+                f"Unknown {cls.__name__} key(s) {unknown}. Valid keys: {', '.join(cls.keys())}."
+            )
+        return values
 
     @property
     def run_dir(self) -> Path:

@@ -56,6 +56,7 @@ class SFTModule(PolicyModule):
         super().__init__(model, tokenizer, cfg)
         self.test_batches = test_batches
         self.last_tested: int | None = None
+        self.test_losses: dict[int, float] = {}
         self.step_started = time.perf_counter()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -92,6 +93,7 @@ class SFTModule(PolicyModule):
             total, weight = total + t.item(), weight + w.item()
         self.model.train(was_training)
         self.last_tested = step
+        self.test_losses[step] = total / weight
         self.log_metrics({"test/loss": total / weight}, step=step)
         print(f"step {step}: test loss {total / weight:.4f}", flush=True)
         return total / weight

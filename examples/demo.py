@@ -1,0 +1,191 @@
+"""`make demo`: fine-tune the embedded SmolLM2-135M-Instruct on a strict answer format and watch
+the inline evaluations improve.
+
+The task: answer "Capital of <country>?" with exactly "Answer: <city>". The base model knows
+many capitals but answers in a sentence, so its strict-format accuracy starts near 0. A short
+SFT run on other countries teaches the format; the held-out countries show whether it sticks.
+
+    python -m examples.demo [steps=16 batch_size=8 learning_rate=1e-4 ...]
+
+Evaluations: a regular QA evaluator (strict format) every `eval_every` steps and an infrequent
+Inspect AI task (is the right city named at all?) every `infrequent_eval_every` steps. At the
+end it prints each metric at step 0 and at the last step, the checkpoint and the TensorBoard
+command.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from bios_callbacks.eval_results import RESULTS_FILE_NAME, read_records
+from trainers.config import EMBEDDED_MODEL, SFTConfig
+
+TRAIN_CAPITALS = [
+    ("Portugal", "Lisbon"),
+    ("Austria", "Vienna"),
+    ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"),
+    ("Finland", "Helsinki"),
+    ("Denmark", "Copenhagen"),
+    ("Poland", "Warsaw"),
+    ("Hungary", "Budapest"),
+    ("Ireland", "Dublin"),
+    ("Belgium", "Brussels"),
+    ("Netherlands", "Amsterdam"),
+    ("Switzerland", "Bern"),
+    ("Czech Republic", "Prague"),
+    ("Turkey", "Ankara"),
+    ("India", "New Delhi"),
+    ("Thailand", "Bangkok"),
+    ("Indonesia", "Jakarta"),
+    ("South Korea", "Seoul"),
+    ("Vietnam", "Hanoi"),
+    ("Philippines", "Manila"),
+    ("Kenya", "Nairobi"),
+    ("Nigeria", "Abuja"),
+    ("Morocco", "Rabat"),
+    ("Argentina", "Buenos Aires"),
+    ("Peru", "Lima"),
+    ("Chile", "Santiago"),
+    ("Colombia", "Bogota"),
+    ("Cuba", "Havana"),
+    ("Iran", "Tehran"),
+    ("Iraq", "Baghdad"),
+    ("Saudi Arabia", "Riyadh"),
+    ("Pakistan", "Islamabad"),
+]
+TEST_CAPITALS = [
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Japan", "Tokyo"),
+    ("the United Kingdom", "London"),
+    ("Russia", "Moscow"),
+    ("China", "Beijing"),
+    ("Egypt", "Cairo"),
+    ("Greece", "Athens"),
+    ("Canada", "Ottawa"),
+    ("Mexico", "Mexico City"),
+    ("Australia", "Canberra"),
+    ("Brazil", "Brasilia"),
+    ("the United States", "Washington"),
+    ("Ukraine", "Kyiv"),
+]
+
+
+def question(country: str) -> str:
+    """The prompt for one country."""
+    return f"Capital of {country}?"
+
+
+def conversation(country: str, city: str) -> dict:
+    """One SFT example in the strict format."""
+    return {
+        "messages": [
+            {"role": "user", "content": question(country)},
+            {"role": "assistant", "content": f"Answer: {city}"},
+        ]
+    }
+
+
+def strict_format(response: str, target: str) -> bool:
+    """Grader: the whole reply must be exactly "Answer: <city>"."""
+    return response.strip() == f"Answer: {target}"
+
+
+def format_eval():
+    """Regular evaluator builder: strict-format accuracy on the held-out countries."""
+    from bios_callbacks.evaluators import QAEvaluator
+
+    dataset = [{"input": question(c), "target": city} for c, city in TEST_CAPITALS]
+    return QAEvaluator(
+        dataset, strict_format, renderer_name="chatml", max_tokens=12, name="strict_format"
+    )
+
+
+def capitals_task():
+    """An Inspect AI task: does the reply name the right city (any wording)?"""
+    from inspect_ai import Task
+    from inspect_ai.dataset import MemoryDataset, Sample
+    from inspect_ai.scorer import includes
+    from inspect_ai.solver import generate
+
+    samples = [Sample(input=question(c), target=city) for c, city in TEST_CAPITALS]
+    return Task(
+        name="capitals",
+        dataset=MemoryDataset(samples, name="capitals"),
+        solver=generate(),
+        scorer=includes(),
+    )
+
+
+def summarize(run_dir) -> list[str]:
+    """Each eval metric at the first and the last evaluated step, as printable lines."""
+    records = read_records(run_dir / RESULTS_FILE_NAME)
+    first: dict[str, tuple[int, float]] = {}
+    last: dict[str, tuple[int, float]] = {}
+    for record in records:
+        for key, value in record.metrics.items():
+            skip = key.startswith(("eval/time", "eval/failures")) or key.endswith("/stderr")
+            if key.startswith("eval/") and not skip:
+                first.setdefault(key, (record.step, value))
+                last[key] = (record.step, value)
+    return [
+        f"  {key:<40} step {first[key][0]:>3}: {first[key][1]:.3f}   "
+        f"step {last[key][0]:>3}: {last[key][1]:.3f}"
+        for key in sorted(first)
+    ]
+
+
+def main(argv: list[str]) -> int:
+    from bios_callbacks.eval.inspect_evaluator import InspectEvaluatorBuilder
+    from trainers import sft
+
+    started = time.perf_counter()
+    run_name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    defaults = {
+        "model_name": EMBEDDED_MODEL,
+        "renderer_name": "chatml",
+        "train_data": [conversation(c, city) for c, city in TRAIN_CAPITALS],
+        "test_data": [conversation(c, city) for c, city in TEST_CAPITALS],
+        "steps": 16,
+        "batch_size": 8,
+        "learning_rate": 1e-4,
+        "test_every": 4,
+        "evaluator_builders": [format_eval],
+        "eval_every": 4,
+        "infrequent_evaluator_builders": [
+            InspectEvaluatorBuilder(
+                tasks=[capitals_task()],
+                renderer_name="chatml",
+                model_name=EMBEDDED_MODEL,
+                max_tokens=24,
+                log_dir=f"runs/{run_name}/inspect",
+            )
+        ],
+        "infrequent_eval_every": 16,
+        "run_name": run_name,
+        "seed": 0,
+    }
+    cfg = SFTConfig.from_dict({**defaults, **SFTConfig.parse_cli(argv)})
+    result = sft.train(cfg)
+
+    print("\n=== demo summary ===")
+    print("eval metrics, first vs last evaluated step:")
+    print("\n".join(summarize(cfg.run_dir)))
+    losses = result.module.test_losses
+    first, last = min(losses), max(losses)
+    print(
+        f"  {'test/loss':<40} step {first:>3}: {losses[first]:.3f}   "
+        f"step {last:>3}: {losses[last]:.3f}"
+    )
+    print(f"final checkpoint: {result.checkpoint}")
+    print(f"view it: tensorboard --logdir {cfg.run_dir}")
+    print(f"total time: {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

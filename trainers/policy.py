@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -113,14 +114,20 @@ class PolicyModule(L.LightningModule):
             logger.log_metrics(metrics, step=step)
 
 
-def build_trainer(cfg: TrainConfig, *, base_model: str, renderer_name: str) -> L.Trainer:
+def build_trainer(
+    cfg: TrainConfig,
+    *,
+    base_model: str,
+    renderer_name: str,
+    callbacks: Sequence[L.Callback] = (),
+) -> L.Trainer:
     """A Lightning Trainer for `cfg.steps` optimizer steps with TensorBoard logs in `log_dir`,
     the config's evaluators (EvalCallback) and `bios` checkpoints every `save_every` steps."""
-    callbacks: list[L.Callback] = []
+    all_callbacks: list[L.Callback] = []
     if cfg.evaluator_builders or cfg.infrequent_evaluator_builders:
         from bios_callbacks import EvalCallback
 
-        callbacks.append(
+        all_callbacks.append(
             EvalCallback(
                 evaluator_builders=cfg.evaluator_builders,
                 eval_every=cfg.eval_every,
@@ -128,14 +135,15 @@ def build_trainer(cfg: TrainConfig, *, base_model: str, renderer_name: str) -> L
                 infrequent_eval_every=cfg.infrequent_eval_every,
             )
         )
-    callbacks.append(CheckpointSaver(cfg, base_model=base_model, renderer_name=renderer_name))
+    all_callbacks.append(CheckpointSaver(cfg, base_model=base_model, renderer_name=renderer_name))
+    all_callbacks.extend(callbacks)
     return L.Trainer(
         max_steps=cfg.steps,
         max_epochs=-1,
         accelerator="auto",
         devices=1,
         logger=TensorBoardLogger(save_dir=str(cfg.run_dir), name="", version=""),
-        callbacks=callbacks,
+        callbacks=all_callbacks,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -23,6 +23,7 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,12 +199,17 @@ class RLResult:
 
 
 def train(
-    cfg: RLConfig, *, model: torch.nn.Module | None = None, tokenizer: Any = None
+    cfg: RLConfig,
+    *,
+    model: torch.nn.Module | None = None,
+    tokenizer: Any = None,
+    callbacks: Sequence[L.Callback] = (),
 ) -> RLResult:
     """Runs RL as `cfg` says; returns the final checkpoint and metrics.
 
     `model` and `tokenizer` (both or neither) train a model you already hold instead of
-    loading `cfg.model_name`.
+    loading `cfg.model_name`. `callbacks` are extra Lightning callbacks, run after the
+    evaluation and checkpoint ones.
     """
     prompts = data.load_prompts(cfg.train_data, what="train_data")
 
@@ -226,7 +232,9 @@ def train(
     )
 
     module = RLModule(model, tokenizer, cfg, renderer)
-    trainer = build_trainer(cfg, base_model=base_model, renderer_name=renderer_name)
+    trainer = build_trainer(
+        cfg, base_model=base_model, renderer_name=renderer_name, callbacks=callbacks
+    )
     resume = None
     if cfg.resume_from:
         from bios_callbacks.checkpoints import resolve_model_path

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,12 +111,17 @@ class SFTResult:
 
 
 def train(
-    cfg: SFTConfig, *, model: torch.nn.Module | None = None, tokenizer: Any = None
+    cfg: SFTConfig,
+    *,
+    model: torch.nn.Module | None = None,
+    tokenizer: Any = None,
+    callbacks: Sequence[L.Callback] = (),
 ) -> SFTResult:
     """Runs supervised fine-tuning as `cfg` says; returns the final checkpoint and metrics.
 
     `model` and `tokenizer` (both or neither) train a model you already hold instead of
-    loading `cfg.model_name`; `cfg.model_name` is still recorded as the checkpoints' base model.
+    loading `cfg.model_name` (which is still recorded as the checkpoints' base model).
+    `callbacks` are extra Lightning callbacks, run after the evaluation and checkpoint ones.
     """
     # data: load and check first, so bad input fails before the model loads
     train_convs = data.load_conversations(cfg.train_data, what="train_data")
@@ -153,7 +159,9 @@ def train(
 
     # train: Lightning runs the loop; callbacks evaluate and checkpoint
     module = SFTModule(model, tokenizer, cfg, test_batches)
-    trainer = build_trainer(cfg, base_model=base_model, renderer_name=renderer_name)
+    trainer = build_trainer(
+        cfg, base_model=base_model, renderer_name=renderer_name, callbacks=callbacks
+    )
     resume = None
     if cfg.resume_from:
         from bios_callbacks.checkpoints import resolve_model_path

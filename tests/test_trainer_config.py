@@ -1,0 +1,134 @@
+"""Trainer configs, the key=value command line and training-data checks (no model needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from trainers import data
+from trainers.config import RLConfig, SFTConfig
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+
+
+def eval_builder():
+    """A stand-in evaluator builder (configs only check that builders are callable)."""
+    return object()
+
+
+def test_guide_keys_are_accepted_and_unknown_keys_list_valid_ones():
+    cfg = SFTConfig.from_dict(
+        {
+            "train_data": [CHAT],
+            "evaluator_builders": [eval_builder],
+            "eval_every": 100,
+            "infrequent_evaluator_builders": [eval_builder],
+            "infrequent_eval_every": 500,
+            "run_name": "t",
+        }
+    )
+    assert (cfg.eval_every, cfg.infrequent_eval_every) == (100, 500)
+    assert cfg.log_dir.endswith("t")
+    with pytest.raises(ValueError, match=r"Unknown SFTConfig key\(s\) \['eval_evry'\].*eval_every"):
+        SFTConfig.from_dict({"train_data": [CHAT], "eval_evry": 5})
+
+
+def test_cli_words_become_typed_values_and_builders_import(monkeypatch):
+    monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", "/tmp/bios-root")
+    cfg = SFTConfig.from_cli(
+        [
+            "train_data=train.jsonl",
+            "steps=7",
+            "learning_rate=3e-4",
+            "renderer_name=none",
+            "evaluator_builders=test_trainer_config:eval_builder",
+            "run_name=cli",
+        ]
+    )
+    assert cfg.steps == 7 and cfg.learning_rate == 3e-4 and cfg.renderer_name is None
+    assert [b.__name__ for b in cfg.evaluator_builders] == ["eval_builder"]
+    assert cfg.log_dir == "/tmp/bios-root/cli"
+    with pytest.raises(ValueError, match="not key=value"):
+        SFTConfig.from_cli(["steps"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("eval_every", -5, "eval_every=-5: expected an integer >= 0"),
+        ("save_every", -1, "save_every=-1"),
+        ("infrequent_eval_every", 2.5, "infrequent_eval_every=2.5"),
+        ("steps", 0, "steps=0: expected an integer >= 1"),
+        ("learning_rate", -1e-3, "learning_rate=-0.001"),
+        ("evaluator_builders", [3], "not callable"),
+        ("evaluator_builders", ["no_such_module:x"], "Cannot import 'no_such_module:x'"),
+    ],
+)
+def test_bad_values_name_the_key_and_value(key, value, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        SFTConfig(train_data=[CHAT], run_name="t", **{key: value})
+
+
+def test_rl_config_needs_a_reward_and_a_real_group():
+    with pytest.raises(ValueError, match="reward_fn=None"):
+        RLConfig(train_data=[{"prompt": "1+1="}], run_name="t")
+    with pytest.raises(ValueError, match="group_size=1"):
+        RLConfig(train_data=[{"prompt": "x"}], reward_fn=len, group_size=1, run_name="t")
+    with pytest.raises(ValueError, match="train_data is missing"):
+        SFTConfig(run_name="t")
+
+
+def test_jsonl_errors_point_at_the_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(CHAT) + "\n\n" + '{"messages": [}\n')
+    with pytest.raises(ValueError, match=r"train.jsonl:3 is not valid JSON"):
+        data.load_conversations(path, what="train_data")
+    path.write_text(json.dumps({"messages": [{"role": "bot", "content": "x"}]}) + "\n")
+    with pytest.raises(ValueError, match=r"train.jsonl:1: message 0 has role 'bot'; valid roles"):
+        data.load_conversations(path, what="train_data")
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
+    with pytest.raises(ValueError, match="no assistant message"):
+        data.load_conversations(path, what="train_data")
+
+
+def test_missing_and_empty_data(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no such file .*nope\.jsonl"):
+        data.load_conversations(tmp_path / "nope.jsonl", what="train_data")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="train_data is empty"):
+        data.load_conversations(empty, what="train_data")
+    with pytest.raises(ValueError, match="test_data is empty"):
+        data.load_conversations([], what="test_data")
+
+
+def test_overlapping_test_split_warns():
+    other = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    train = data.load_conversations([CHAT, other], what="train_data")
+    test = data.load_conversations([CHAT], what="test_data")
+    with pytest.warns(UserWarning, match="1 of 1 test conversations also occur in train_data"):
+        assert data.warn_on_overlap(train, test) == 1
+
+
+def test_prompts_accept_a_bare_prompt_and_keep_extra_keys():
+    (prompt,) = data.load_prompts([{"prompt": "2+2=", "answer": "4"}], what="train_data")
+    assert prompt["messages"] == [{"role": "user", "content": "2+2="}]
+    assert prompt["answer"] == "4"
+    with pytest.raises(ValueError, match=r"train_data\[0\]: needs 'messages' or a string 'prompt'"):
+        data.load_prompts([{"question": "x"}], what="train_data")
+
+
+def test_command_line_reports_bad_keys_without_a_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers.sft", "train_data=x.jsonl", "batchsize=4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Unknown SFTConfig key(s) ['batchsize']" in result.stdout
+    assert "batch_size" in result.stdout
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,189 @@
+"""The SFT trainer end to end on the tiny model: loss, TensorBoard, checkpoints, resume, LoRA."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from bios_callbacks import ServiceClient
+from bios_callbacks.checkpoints import read_checkpoint_metadata
+from bios_callbacks.evaluators import NLLEvaluator
+from bios_callbacks.renderers import get_renderer
+from bios_callbacks.sampling_client import SamplingClient
+from bios_callbacks.types import SamplingParams
+from trainers.config import SFTConfig
+from trainers.policy import explain_out_of_memory
+from trainers.sft import train
+
+CODES = [(f"Code {i}?", f"The code is {7 * i + 3}.") for i in range(8)]
+
+
+def chat(question: str, answer: str) -> dict:
+    return {
+        "messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ]
+    }
+
+
+TRAIN = [chat(q, a) for q, a in CODES]
+TEST = [chat("Code 99?", "The code is 696.")]
+
+
+def scalars(log_dir) -> dict[str, dict[int, float]]:
+    """Every scalar in the run's TensorBoard event files, as {tag: {step: value}}."""
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+def nll_builder(tokenizer):
+    renderer = get_renderer(name="chatml", tokenizer=tokenizer)
+    examples = [renderer.build_supervised_example(c["messages"]) for c in TEST]
+    return lambda: NLLEvaluator(examples, name="heldout")
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def test_sft_learns_logs_and_checkpoints(tiny_model, tokenizer, root, capsys):
+    cfg = SFTConfig(
+        train_data=TRAIN,
+        test_data=TEST,
+        steps=12,
+        batch_size=4,
+        learning_rate=3e-3,
+        test_every=4,
+        evaluator_builders=[nll_builder(tokenizer)],
+        eval_every=4,
+        save_every=8,
+        run_name="sft-e2e",
+    )
+    result = train(cfg, model=tiny_model, tokenizer=tokenizer)
+
+    logged = scalars(result.log_dir)
+    assert sorted(logged["train/loss"]) == list(range(12))
+    assert logged["train/loss"][11] < logged["train/loss"][0] - 2.0
+    assert sorted(logged["test/loss"]) == [0, 4, 8, 12]
+    assert logged["test/loss"][12] < logged["test/loss"][0]
+    assert sorted(logged["eval/heldout/loss"]) == [0, 4, 8, 12]
+
+    out = capsys.readouterr().out
+    assert "step 8: saved checkpoint bios://sft-e2e/step_000008" in out
+    assert result.checkpoint == "bios://sft-e2e/step_000012"
+    meta = read_checkpoint_metadata(result.checkpoint)
+    assert meta.step == 12 and meta.renderer_name == "chatml"
+    assert meta.eval_results["test/loss"] == pytest.approx(logged["test/loss"][12], rel=1e-5)
+    assert meta.eval_results["eval/heldout/loss"] == pytest.approx(
+        logged["eval/heldout/loss"][12], rel=1e-5
+    )
+
+    # the saved checkpoint samples exactly what the trained in-memory model samples
+    prompt = get_renderer(name="chatml", tokenizer=tokenizer).build_generation_prompt(
+        TRAIN[0]["messages"][:1]
+    )
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    with SamplingClient.from_module(result.module.model, tokenizer) as live:
+        expected = live.sample(prompt, 1, params).sequences[0].tokens
+    reloaded = ServiceClient().create_sampling_client(model_path=result.checkpoint)
+    try:
+        assert reloaded.sample(prompt, 1, params).sequences[0].tokens == expected
+    finally:
+        reloaded.close()
+
+
+class InterruptAt(L.Callback):
+    """Presses Ctrl-C (raises KeyboardInterrupt) once the given step is reached."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_saves_and_resume_continues_steps_and_eval_schedule(tiny_model, tokenizer, root):
+    common = dict(
+        train_data=TRAIN,
+        test_data=TEST,
+        batch_size=4,
+        learning_rate=3e-3,
+        test_every=3,
+        evaluator_builders=[nll_builder(tokenizer)],
+        eval_every=3,
+        run_name="sft-resume",
+    )
+    with pytest.raises(SystemExit):
+        train(
+            SFTConfig(steps=8, **common),
+            model=tiny_model,
+            tokenizer=tokenizer,
+            callbacks=[InterruptAt(4)],
+        )
+    saved = root / "sft-resume" / "checkpoints" / "step_000004"
+    assert read_checkpoint_metadata(saved).step == 4
+    assert sorted(scalars(root / "sft-resume")["train/loss"]) == [0, 1, 2, 3]  # logs flushed
+
+    result = train(SFTConfig(steps=8, resume_from="bios://sft-resume/step_000004", **common))
+    assert result.checkpoint == "bios://sft-resume/step_000008"
+    logged = scalars(result.log_dir)
+    assert sorted(logged["train/loss"]) == list(range(8))
+    rounds = [
+        json.loads(line)["step"]
+        for line in (root / "sft-resume" / "eval_results.jsonl").read_text().splitlines()
+    ]
+    assert rounds == [0, 3, 6, 8]
+
+
+def test_lora_run_saves_an_adapter_that_reloads(tiny_model, tokenizer, root, tmp_path):
+    base_dir = tmp_path / "tiny-base"
+    tiny_model.save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    cfg = SFTConfig(
+        model_name=str(base_dir),
+        renderer_name="chatml",
+        train_data=TRAIN,
+        steps=3,
+        batch_size=4,
+        learning_rate=1e-2,
+        lora_rank=4,
+        run_name="sft-lora",
+    )
+    result = train(cfg)
+    trainable = [n for n, p in result.module.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert read_checkpoint_metadata(result.checkpoint).weights == "lora"
+
+    prompt = get_renderer(name="chatml", tokenizer=tokenizer).build_generation_prompt(
+        TRAIN[1]["messages"][:1]
+    )
+    params = SamplingParams(max_tokens=6, temperature=0.0)
+    with SamplingClient.from_module(result.module.model, tokenizer) as live:
+        expected = live.sample(prompt, 1, params).sequences[0].tokens
+    reloaded = ServiceClient().create_sampling_client(model_path=result.checkpoint)
+    try:
+        assert reloaded.sample(prompt, 1, params).sequences[0].tokens == expected
+    finally:
+        reloaded.close()
+
+
+def test_a_batch_too_large_for_memory_says_so():
+    cfg = SFTConfig(train_data=TRAIN, batch_size=64, max_length=4096, run_name="t")
+    try:
+        torch.empty(2**47, dtype=torch.uint8)  # a real allocation failure: 128 TiB
+    except RuntimeError as exc:
+        error = explain_out_of_memory(exc, cfg)
+    else:
+        pytest.skip("this machine can allocate 128 TiB")
+    assert isinstance(error, MemoryError)
+    assert "batch_size=64, max_length=4096" in str(error)
+    assert "Lower batch_size" in str(error)

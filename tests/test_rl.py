@@ -1,0 +1,102 @@
+"""The RL trainer on the tiny model: the gradient's direction, metrics, evals and checkpoints."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from bios_callbacks.checkpoints import read_checkpoint_metadata
+from bios_callbacks.evaluators import SamplingClientEvaluator
+from bios_callbacks.types import SamplingParams
+from trainers.config import RLConfig
+from trainers.rl import Rollout, policy_gradient_loss, train
+
+PROMPTS = [{"prompt": f"Say a word {i}", "answer": str(i)} for i in range(4)]
+
+
+def shortness(text: str, datum: dict) -> float:
+    """Reward: shorter replies are better."""
+    return -len(text) / 50
+
+
+class MeanLength(SamplingClientEvaluator):
+    """Greedy reply length (in tokens) to one prompt."""
+
+    async def __call__(self, sampling_client) -> dict[str, float]:
+        response = await sampling_client.sample_async(
+            prompt=[1, 2, 3], num_samples=1, sampling_params=SamplingParams(max_tokens=4)
+        )
+        return {"tokens": float(len(response.sequences[0].tokens))}
+
+
+def test_policy_gradient_raises_the_rewarded_completion(tiny_model):
+    prompt, good, bad = [5, 6, 7], [100, 200, 300], [400, 500, 600]
+
+    @torch.no_grad()
+    def token_logps(model, response):
+        logits = model(torch.tensor([prompt + response])).logits.log_softmax(-1)[0]
+        return [logits[len(prompt) - 1 + i, t].item() for i, t in enumerate(response)]
+
+    def logp(model, response):
+        return sum(token_logps(model, response))
+
+    # sampler logprobs as the sampling client reports them (same weights as the trainer)
+    rollouts = [
+        Rollout(prompt, good, token_logps(tiny_model, good), advantage=1.0),
+        Rollout(prompt, bad, token_logps(tiny_model, bad), advantage=-1.0),
+    ]
+    before = copy.deepcopy(tiny_model)
+    tiny_model.train()
+    loss, kl = policy_gradient_loss(tiny_model, rollouts, temperature=1.0, pad_id=0)
+    assert kl == pytest.approx(0.0, abs=1e-5)  # same weights: the importance ratio is 1
+    loss.backward()
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            p -= 0.05 * p.grad
+    tiny_model.eval()
+    assert logp(tiny_model, good) > logp(before, good)
+    assert logp(tiny_model, bad) < logp(before, bad)
+
+
+def test_rl_run_logs_metrics_evaluates_and_checkpoints(
+    tiny_model, tokenizer, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", str(tmp_path))
+    cfg = RLConfig(
+        train_data=PROMPTS,
+        reward_fn=shortness,
+        steps=4,
+        batch_size=2,
+        group_size=4,
+        max_tokens=4,
+        learning_rate=1e-2,
+        evaluator_builders=[MeanLength],
+        eval_every=2,
+        save_every=2,
+        run_name="rl-e2e",
+    )
+    result = train(cfg, model=tiny_model, tokenizer=tokenizer)
+
+    acc = EventAccumulator(str(result.log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    steps = {tag: sorted(e.step for e in acc.Scalars(tag)) for tag in acc.Tags()["scalars"]}
+    for tag in (
+        "train/reward_mean",
+        "train/response_tokens_mean",
+        "train/kl_sampler_trainer",
+        "time/iteration_s",
+    ):
+        assert steps[tag] == [0, 1, 2, 3], tag
+    assert steps["eval/MeanLength/tokens"] == [0, 2, 4]
+    rewards = [e.value for e in acc.Scalars("train/reward_mean")]
+    assert all(r <= 0 for r in rewards) and any(r < 0 for r in rewards)
+
+    out = capsys.readouterr().out
+    assert "step 2: saved checkpoint bios://rl-e2e/step_000002" in out
+    meta = read_checkpoint_metadata(result.checkpoint)
+    assert meta.step == 4
+    assert "train/reward_mean" in meta.eval_results
+    assert "eval/MeanLength/tokens" in meta.eval_results

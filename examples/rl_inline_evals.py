@@ -1,0 +1,83 @@
+"""The guide's "RL Inline Evaluations" config, as a short runnable RL run on the embedded model.
+
+    python -m examples.rl_inline_evals [steps=4 ...]
+
+Two sampling evaluators run every `eval_every` RL iterations: exact-answer accuracy on held-out
+additions (greedy) and the reward of sampled replies on the same questions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+
+from examples.rl_arithmetic import TEST, exact_eval, questions, reward
+from trainers.config import RLConfig
+
+sampling_eval_1 = exact_eval
+
+
+class SampledReward:
+    """Mean reward of 4 sampled replies per held-out question (a SamplingClientEvaluator)."""
+
+    def __init__(self):
+        from bios_callbacks.renderers import get_renderer
+        from bios_callbacks.tokenizer_utils import get_tokenizer
+
+        self.renderer = get_renderer(
+            name="chatml", tokenizer=get_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct")
+        )
+
+    async def __call__(self, sampling_client) -> dict[str, float]:
+        from bios_callbacks.types import SamplingParams
+
+        params = SamplingParams(
+            max_tokens=12, temperature=1.0, seed=0, stop=self.renderer.get_stop_sequences()
+        )
+        prompts = [self.renderer.build_generation_prompt(q["messages"]) for q in self.data]
+        responses = await asyncio.gather(
+            *(
+                sampling_client.sample_async(prompt=p, num_samples=4, sampling_params=params)
+                for p in prompts
+            )
+        )
+        rewards = [
+            reward(self.renderer.parse_response(seq.tokens)[0]["content"], q)
+            for q, response in zip(self.data, responses, strict=True)
+            for seq in response.sequences
+        ]
+        return {"reward_mean": statistics.fmean(rewards)}
+
+    @property
+    def data(self) -> list[dict]:
+        return [{**q, "messages": [{"role": "user", "content": q["prompt"]}]} for q in TEST]
+
+
+sampling_eval_2 = SampledReward
+
+
+def main(argv: list[str]) -> int:
+    from trainers import rl
+
+    # Add to RL training config
+    config = {
+        "evaluator_builders": [sampling_eval_1, sampling_eval_2],
+        "eval_every": 2,  # the guide uses 50; this run is 4 iterations long
+    }
+    held_out = {q["prompt"] for q in TEST}
+    config |= {
+        "train_data": [q for q in questions(seed=0, count=200) if q["prompt"] not in held_out],
+        "reward_fn": reward,
+        "steps": 4,
+        "batch_size": 4,
+        "group_size": 8,
+        "max_tokens": 12,
+        "learning_rate": 5e-5,
+    }
+    rl.train(RLConfig.from_dict({**config, **RLConfig.parse_cli(argv)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

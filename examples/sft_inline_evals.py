@@ -1,0 +1,59 @@
+"""The guide's "SFT Inline Evaluations" config, as a short runnable SFT run on the embedded model.
+
+    python -m examples.sft_inline_evals [steps=4 ...]
+
+Two regular evaluators (held-out loss and strict-format QA accuracy) run every `eval_every`
+steps; an expensive Inspect AI task runs every `infrequent_eval_every` steps. The data is the
+`make demo` capitals task.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from examples.demo import TEST_CAPITALS, TRAIN_CAPITALS, capitals_task, conversation, format_eval
+from trainers.config import EMBEDDED_MODEL, SFTConfig
+
+
+def eval_builder_1():
+    """Held-out loss on the test conversations (a TrainingClientEvaluator)."""
+    from bios_callbacks.evaluators import NLLEvaluator
+    from bios_callbacks.renderers import get_renderer
+    from bios_callbacks.tokenizer_utils import get_tokenizer
+
+    renderer = get_renderer(name="chatml", tokenizer=get_tokenizer(EMBEDDED_MODEL))
+    held_out = [conversation(c, city)["messages"] for c, city in TEST_CAPITALS]
+    return NLLEvaluator([renderer.build_supervised_example(m) for m in held_out], name="heldout")
+
+
+eval_builder_2 = format_eval  # strict-format QA accuracy (a SamplingClientEvaluator)
+
+
+def main(argv: list[str]) -> int:
+    from bios_callbacks.eval.inspect_evaluator import InspectEvaluatorBuilder
+    from trainers import sft
+
+    expensive_eval = InspectEvaluatorBuilder(tasks=[capitals_task()], renderer_name="chatml")
+    # Add to supervised training config
+    config = {
+        # Regular evaluations
+        "evaluator_builders": [eval_builder_1, eval_builder_2],
+        "eval_every": 2,  # the guide uses 100; this run is 4 steps long
+        # Infrequent (expensive) evaluations
+        "infrequent_evaluator_builders": [expensive_eval],
+        "infrequent_eval_every": 4,  # the guide uses 500
+    }
+    config |= {
+        "train_data": [conversation(c, city) for c, city in TRAIN_CAPITALS],
+        "test_data": [conversation(c, city) for c, city in TEST_CAPITALS],
+        "steps": 4,
+        "batch_size": 8,
+        "learning_rate": 1e-4,
+        "test_every": 2,
+    }
+    sft.train(SFTConfig.from_dict({**config, **SFTConfig.parse_cli(argv)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -74,8 +74,13 @@ def test_resume_mid_run_neither_repeats_nor_restarts(tmp_path, tiny_model, token
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
     first = EvalCallback(evaluator_builders=[nll_builder()], eval_every=2)
     trainer, _ = fit(
-        tmp_path / "a", tiny_model, tokenizer, first, max_steps=5,
-        extra_callbacks=[checkpoints], enable_checkpointing=True,
+        tmp_path / "a",
+        tiny_model,
+        tokenizer,
+        first,
+        max_steps=5,
+        extra_callbacks=[checkpoints],
+        enable_checkpointing=True,
     )
     assert steps(trainer.log_dir, "eval/nll/loss") == [0, 2, 4, 5]
     ckpt = next(p for p in (tmp_path / "ckpt").iterdir() if "step=4" in p.name)
@@ -131,7 +136,9 @@ def test_failures_are_reported_and_training_continues(tmp_path, tiny_model, toke
     records = read_records(f"{trainer.log_dir}/eval_results.jsonl")
     kinds = {(f["evaluator"], f["kind"]) for f in records[0].failures}
     assert kinds == {
-        ("raises", "exception"), ("sleeps", "timeout"), ("bad", "invalid_value"),
+        ("raises", "exception"),
+        ("sleeps", "timeout"),
+        ("bad", "invalid_value"),
         ("broken_builder", "build"),
     }
     assert "grader exploded" in caplog.text and "Traceback" in caplog.text
@@ -160,8 +167,13 @@ def test_results_file_checkpoints_and_monitor(tmp_path, tiny_model, tokenizer):
         evaluator_builders=[nll_builder()], eval_every=100, eval_on_checkpoint=True
     )
     trainer, _ = fit(
-        tmp_path, tiny_model, tokenizer, callback, max_steps=6,
-        extra_callbacks=[checkpoints], enable_checkpointing=True,
+        tmp_path,
+        tiny_model,
+        tokenizer,
+        callback,
+        max_steps=6,
+        extra_callbacks=[checkpoints],
+        enable_checkpointing=True,
     )
     lines = (tmp_path / "run" / "version_0" / "eval_results.jsonl").read_text().splitlines()
     rounds = [json.loads(line) for line in lines]
@@ -196,8 +208,10 @@ class Generates(SamplingClientEvaluator):
 
         params = SamplingParams(max_tokens=3, temperature=1.0)
         results = await asyncio.gather(
-            *(sampling_client.sample_async(prompt=[1, 2, 3], sampling_params=params)
-              for _ in range(3))
+            *(
+                sampling_client.sample_async(prompt=[1, 2, 3], sampling_params=params)
+                for _ in range(3)
+            )
         )
         return {"tokens": float(sum(len(r.sequences[0].tokens) for r in results))}
 
@@ -228,3 +242,34 @@ def test_rounds_leave_weights_flags_and_rng_as_without_callback(tmp_path, tokeni
     for a, b in zip(evaluated.parameters(), plain.parameters(), strict=True):
         assert torch.equal(a, b)
     assert steps(evaluated.trainer.log_dir, "eval/gen/tokens") == [0, 1, 2, 3, 4]
+
+
+class TwoOptimizers(TinyLM):
+    """Manual optimization stepping two optimizers per batch: global_step advances by 2."""
+
+    def __init__(self, model, tokenizer):
+        super().__init__(model, tokenizer)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        for optimizer in self.optimizers():
+            optimizer.zero_grad()
+            self.manual_backward(self.model(input_ids=batch, labels=batch).loss)
+            optimizer.step()
+
+    def configure_optimizers(self):
+        layers = self.model.model.layers
+        return [
+            torch.optim.SGD(layers[0].parameters(), lr=0.01),
+            torch.optim.SGD(layers[1].parameters(), lr=0.01),
+        ]
+
+
+def test_manual_optimization_with_two_optimizers_evaluates_on_crossing(
+    tmp_path, tiny_model, tokenizer
+):
+    callback = EvalCallback(evaluator_builders=[nll_builder()], eval_every=5)
+    trainer = make_trainer(tmp_path, [callback], max_steps=12)
+    trainer.fit(TwoOptimizers(tiny_model, tokenizer), token_loader())
+    assert trainer.global_step == 12
+    assert steps(trainer.log_dir, "eval/nll/loss") == [0, 6, 10, 12]

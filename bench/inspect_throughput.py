@@ -1,8 +1,10 @@
 """Inspect throughput: the same task through our `bios/` provider and Inspect's `hf/` provider.
 
 Both run the embedded SmolLM2-135M-Instruct (hf/ loads the converted local cache, no download)
-on 32 samples, greedy, max_tokens=32, all samples in flight at once. Prints samples/s of each
-and the ratio. `python -m bench.inspect_throughput [num_samples]`
+on the same task and settings: 64 samples, greedy, max_tokens=128, 32 in flight
+(max_connections). Like most evals, the task mixes questions answered in a few words with ones
+answered at length, so answer lengths vary. Prints samples/s of each and the ratio.
+`python -m bench.inspect_throughput [num_samples]`
 """
 
 from __future__ import annotations
@@ -21,11 +23,21 @@ from bios_callbacks.model_loading import EMBEDDED_MODEL, ensure_embedded_cache
 from bios_callbacks.service_client import ServiceClient
 
 TOPICS = ["rivers", "bread", "owls", "trains", "glass", "tea", "maps", "bees"]
+QUESTIONS = [
+    "In one word, what colour is the sky on a clear day? ({topic})",
+    "Explain in detail how {topic} came to matter to people.",
+    "Answer yes or no: is water wet? ({topic})",
+    "Write a short paragraph about {topic}.",
+]
+MAX_TOKENS = 128
+IN_FLIGHT = 32
 
 
 def make_task(n: int) -> Task:
-    samples = [Sample(input=f"Write two sentences about {TOPICS[i % len(TOPICS)]} ({i}).")
-               for i in range(n)]
+    samples = [
+        Sample(input=QUESTIONS[i % len(QUESTIONS)].format(topic=TOPICS[i % len(TOPICS)]))
+        for i in range(n)
+    ]
     return Task(dataset=MemoryDataset(samples), solver=generate())
 
 
@@ -37,9 +49,10 @@ def samples_per_second(model: Model, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def main(n: int = 32) -> None:
-    config = GenerateConfig(temperature=0.0, max_tokens=32, max_connections=n)
-    client = ServiceClient(max_batch_size=n).create_sampling_client(base_model=EMBEDDED_MODEL)
+def main(n: int = 64) -> None:
+    config = GenerateConfig(temperature=0.0, max_tokens=MAX_TOKENS, max_connections=IN_FLIGHT)
+    client = ServiceClient(max_batch_size=IN_FLIGHT).create_sampling_client(
+        base_model=EMBEDDED_MODEL)
     ours = Model(InspectAPIFromBiosSampling(renderer_name="chatml", model_name=EMBEDDED_MODEL,
                                             sampling_client=client), config)
     samples_per_second(ours, 4)  # warm-up
@@ -51,8 +64,9 @@ def main(n: int = 32) -> None:
     hf_rate = samples_per_second(hf, n)
     print(f"bios/ provider: {bios_rate:.2f} samples/s")
     print(f"hf/ provider:   {hf_rate:.2f} samples/s")
-    print(f"ratio: {bios_rate / hf_rate:.2f}x  (target >= 2x; {n} samples, max_tokens=32)")
+    print(f"ratio: {bios_rate / hf_rate:.2f}x  (target >= 2x; {n} samples, "
+          f"max_tokens={MAX_TOKENS}, {IN_FLIGHT} in flight)")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 32)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 64)

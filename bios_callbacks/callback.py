@@ -146,6 +146,12 @@ class EvalCallback(Callback):
         self._log_dir: Path | None = None
         self._held_out_checked = False
 
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            eval_every=self.every["regular"], infrequent_eval_every=self.every["infrequent"]
+        )
+
     # ---- Lightning hooks ----------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

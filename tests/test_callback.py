@@ -273,3 +273,32 @@ def test_manual_optimization_with_two_optimizers_evaluates_on_crossing(
     trainer.fit(TwoOptimizers(tiny_model, tokenizer), token_loader())
     assert trainer.global_step == 12
     assert steps(trainer.log_dir, "eval/nll/loss") == [0, 6, 10, 12]
+
+
+class LongGeneration(SamplingClientEvaluator):
+    """Leaves a long generation in flight and never finishes."""
+
+    name = "long"
+
+    async def __call__(self, sampling_client):
+        from bios_callbacks.types import SamplingParams
+
+        params = SamplingParams(max_tokens=500, temperature=1.0, seed=0)
+        self.pending = asyncio.ensure_future(
+            sampling_client.sample_async(prompt=[1, 2, 3], num_samples=4, sampling_params=params)
+        )
+        await asyncio.sleep(3600)
+
+
+def test_timed_out_generation_is_abandoned_and_flags_restored(tmp_path, tokenizer):
+    module = FlagRecorder(make_tiny_model(tokenizer), tokenizer)
+    callback = EvalCallback(
+        evaluator_builders=[LongGeneration, Generates], eval_every=1, evaluator_timeout_s=1.0
+    )
+    trainer = make_trainer(tmp_path, [callback], max_steps=2)
+    trainer.fit(module, token_loader())
+    assert module.seen == [(True, True, False)] * 2
+    tags = scalars(trainer.log_dir)
+    assert [v for _, v in tags["eval/failures"]] == [1.0, 1.0, 1.0]
+    # a fresh sampling client serves the next round after the abandoned one is closed
+    assert [s for s, _ in tags["eval/gen/tokens"]] == [0, 1, 2]

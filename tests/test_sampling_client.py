@@ -56,16 +56,19 @@ def test_requests_arriving_mid_decode_join_the_batch(client, tokenizer):
     assert [r.sequences[0].tokens for r in asyncio.run(staggered())] == expected
 
 
-def test_batch_size_bound_is_respected(tiny_model, tokenizer):
+@pytest.mark.parametrize("bound", [{"max_batch_size": 2}, {"max_cache_tokens": 60}])
+def test_batch_and_memory_bounds_are_respected(tiny_model, tokenizer, bound):
     seen: list[int] = []
     hook = tiny_model.register_forward_hook(lambda m, args, kw, out: seen.append(
         kw["input_ids"].shape[0]), with_kwargs=True)
-    prompts = _prompts(tokenizer, 5)
-    with SamplingClient.from_module(tiny_model, tokenizer, max_batch_size=2) as client:
+    prompts = _prompts(tokenizer, 5)  # each reserves at most 12 prompt + 12 new tokens
+    with SamplingClient.from_module(tiny_model, tokenizer) as reference:
+        expected = [reference.sample(p, 1, GREEDY).sequences[0].tokens for p in prompts]
+    with SamplingClient.from_module(tiny_model, tokenizer, **bound) as client:
         results = asyncio.run(_gather(client, prompts, [GREEDY] * 5))
     hook.remove()
     assert max(seen) == 2
-    assert all(len(r.sequences[0].tokens) > 0 for r in results)
+    assert [r.sequences[0].tokens for r in results] == expected
 
 
 def test_length_and_stop_token(client, tokenizer):

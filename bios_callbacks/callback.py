@@ -193,6 +193,14 @@ class EvalCallback(Callback):
             checkpoint[CHECKPOINT_KEY] = self.latest.to_json()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._close_clients()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._close_clients()
+
+    def _close_clients(self) -> None:
         if self._clients is not None:
             self._clients.close()
             self._clients = None

@@ -271,7 +271,8 @@ class EvalCallback(Callback):
         start = time.perf_counter()
         with _preserved_state(pl_module):
             outcome = run_sync(
-                run_round(slots, self._clients, timeout_s=self.evaluator_timeout_s, on_done=on_done)
+                run_round(slots, self._clients, timeout_s=self.evaluator_timeout_s,
+                          context={"log_dir": self._log_dir, "step": step}, on_done=on_done)
             )
             timed_out = any(f["kind"] == "timeout" for f in outcome.failures)
             self._clients.settle(restart_sampling=timed_out)

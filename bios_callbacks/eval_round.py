@@ -141,10 +141,13 @@ async def run_round(
     clients: LiveClients,
     *,
     timeout_s: float | None,
+    context: dict[str, Any] | None = None,
     on_done: Callable[[str, float, bool], None] = lambda name, seconds, ok: None,
 ) -> RoundOutcome:
     """Runs every slot's evaluator concurrently; a failing one never stops the others.
 
+    Evaluators with a ``set_run_context(**context)`` method (e.g. the Inspect evaluator, which
+    writes its logs under the run's directory tagged with the step) get ``context`` first.
     ``on_done(name, seconds, ok)`` is called as each evaluator finishes (for progress output).
     """
     outcome = RoundOutcome()
@@ -159,6 +162,9 @@ async def run_round(
             on_done(slot.name, time.perf_counter() - start, ok)
             return
         try:
+            set_context = getattr(slot.evaluator, "set_run_context", None)
+            if context and callable(set_context):
+                set_context(**context)
             if isinstance(slot.evaluator, SamplingClientEvaluator):
                 client = clients.sampling()
             else:

@@ -1,76 +1,98 @@
-"""RL on a verifiable task: small additions, reward 1 when the reply is exactly the sum.
+"""RL on a verifiable task: small additions, reward 1 when the reply's final number is the sum.
 
 Each iteration samples `group_size` replies per question from the current weights, rewards the
-exact ones, and pushes the policy toward replies that beat their group's average. A QA
-evaluator on held-out questions (greedy) runs every `eval_every` iterations.
+correct ones, and pushes the policy toward replies that beat their group's average. Two QA
+evaluators on held-out questions run every `eval_every` iterations: accuracy of replies
+sampled at temperature 1 (what the rollouts see) and of greedy replies.
 
-    python -m examples.rl_arithmetic [steps=20 batch_size=4 group_size=8 learning_rate=5e-5 ...]
+    python -m examples.rl_arithmetic [steps=20 batch_size=4 group_size=8 learning_rate=2e-5 ...]
 """
 
 from __future__ import annotations
 
 import random
 import re
+import statistics
 import sys
 
+from examples.demo import summarize
 from trainers.config import EMBEDDED_MODEL, RLConfig
 
 
-def questions(seed: int, count: int) -> list[dict]:
-    """`count` questions "a + b" with a, b in 1..9, as RL prompts with their answers."""
-    rng = random.Random(seed)
-    pairs = [(rng.randint(1, 9), rng.randint(1, 9)) for _ in range(count)]
+def questions(pairs: list[tuple[int, int]]) -> list[dict]:
+    """RL prompts "What is a + b?" with their answers."""
     return [
         {"prompt": f"What is {a} + {b}? Reply with the number only.", "answer": str(a + b)}
         for a, b in pairs
     ]
 
 
+ALL_PAIRS = [(a, b) for a in range(1, 10) for b in range(1, 10)]
+random.Random(0).shuffle(ALL_PAIRS)
+TEST = questions(ALL_PAIRS[:32])  # held out: the evaluator's questions
+TRAIN = questions(ALL_PAIRS[32:])  # the 49 other sums of two digits
+
+
+def final_number(text: str) -> str | None:
+    """The last integer in a reply ("3 + 4 = 7." -> "7"), or None."""
+    numbers = re.findall(r"-?\d+", text)
+    return numbers[-1] if numbers else None
+
+
 def reward(response: str, datum: dict) -> float:
-    """1.0 when the reply is exactly the number, 0.5 when the number is in a longer reply."""
-    text = response.strip().rstrip(".")
-    if text == datum["answer"]:
-        return 1.0
-    return 0.5 if re.search(rf"\b{datum['answer']}\b", text) else 0.0
+    """1.0 when the reply's last number is the sum, else 0.0 (verifiable, no judge needed)."""
+    return float(final_number(response) == datum["answer"])
 
 
-TEST = questions(seed=1, count=16)
-
-
-def exact_eval():
-    """Greedy exact-answer accuracy on held-out questions."""
+def accuracy_eval(temperature: float = 0.0, name: str = "greedy"):
+    """Accuracy on the held-out questions, graded like the reward."""
     from bios_callbacks.evaluators import QAEvaluator
 
     dataset = [{"input": q["prompt"], "target": q["answer"]} for q in TEST]
     return QAEvaluator(
         dataset,
-        lambda response, target: response.strip().rstrip(".") == target,
+        lambda response, target: final_number(response) == target,
         renderer_name="chatml",
-        max_tokens=8,
-        name="arithmetic",
+        max_tokens=12,
+        temperature=temperature,
+        seed=0,
+        name=name,
     )
+
+
+def sampled_accuracy_eval():
+    """Accuracy of replies sampled at the rollouts' temperature (1.0): what RL sharpens."""
+    return accuracy_eval(temperature=1.0, name="sampled")
 
 
 def main(argv: list[str]) -> int:
     from trainers import rl
 
-    held_out = {q["prompt"] for q in TEST}  # train on the other pairs
-    train_prompts = [q for q in questions(seed=0, count=200) if q["prompt"] not in held_out]
     defaults = {
         "model_name": EMBEDDED_MODEL,
-        "train_data": train_prompts,
+        "train_data": TRAIN,
         "reward_fn": reward,
         "steps": 20,
         "batch_size": 4,
         "group_size": 8,
         "max_tokens": 12,
-        "learning_rate": 5e-5,
-        "evaluator_builders": [exact_eval],
+        "learning_rate": 2e-5,
+        "evaluator_builders": [sampled_accuracy_eval, accuracy_eval],
         "eval_every": 5,
     }
     cfg = RLConfig.from_dict({**defaults, **RLConfig.parse_cli(argv)})
     result = rl.train(cfg)
-    print(f"final metrics: { {k: round(v, 3) for k, v in sorted(result.metrics.items())} }")
+
+    rewards = result.module.reward_history
+    k = max(1, len(rewards) // 4)
+    print("\n=== summary ===")
+    print(
+        f"  train/reward_mean: first {k} iterations {statistics.fmean(rewards[:k]):.3f}, "
+        f"last {k} {statistics.fmean(rewards[-k:]):.3f}"
+    )
+    print("\n".join(summarize(cfg.run_dir)))
+    print(f"final checkpoint: {result.checkpoint}")
+    print(f"view it: tensorboard --logdir {cfg.run_dir}")
     return 0
 
 

@@ -12,10 +12,10 @@ import asyncio
 import statistics
 import sys
 
-from examples.rl_arithmetic import TEST, exact_eval, questions, reward
+from examples.rl_arithmetic import TEST, TRAIN, accuracy_eval, reward
 from trainers.config import RLConfig
 
-sampling_eval_1 = exact_eval
+sampling_eval_1 = accuracy_eval
 
 
 class SampledReward:
@@ -65,9 +65,8 @@ def main(argv: list[str]) -> int:
         "evaluator_builders": [sampling_eval_1, sampling_eval_2],
         "eval_every": 2,  # the guide uses 50; this run is 4 iterations long
     }
-    held_out = {q["prompt"] for q in TEST}
     config |= {
-        "train_data": [q for q in questions(seed=0, count=200) if q["prompt"] not in held_out],
+        "train_data": TRAIN,
         "reward_fn": reward,
         "steps": 4,
         "batch_size": 4,

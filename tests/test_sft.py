@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import lightning as L
 import pytest
@@ -187,3 +190,34 @@ def test_a_batch_too_large_for_memory_says_so():
     assert isinstance(error, MemoryError)
     assert "batch_size=64, max_length=4096" in str(error)
     assert "Lower batch_size" in str(error)
+
+
+def test_command_line_run_on_jsonl(tiny_model, tokenizer, tmp_path):
+    base_dir = tmp_path / "tiny-base"
+    tiny_model.save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("".join(json.dumps(c) + "\n" for c in TRAIN))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainers.sft",
+            f"model_name={base_dir}",
+            "renderer_name=chatml",
+            f"train_data={train_file}",
+            "steps=2",
+            "batch_size=4",
+            "run_name=cli-run",
+            "learning_rate=1e-3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "BIOS_CHECKPOINT_ROOT": str(tmp_path / "runs")},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "step 1: train loss" in result.stdout
+    assert "saved checkpoint bios://cli-run/step_000002" in result.stdout
+    assert read_checkpoint_metadata(tmp_path / "runs/cli-run/checkpoints/step_000002").step == 2

@@ -93,6 +93,7 @@ class RLModule(PolicyModule):
         super().__init__(model, tokenizer, cfg)
         self.renderer = renderer
         self.client: Any = None
+        self.reward_history: list[float] = []
 
     def on_fit_start(self) -> None:
         from bios_callbacks.sampling_client import SamplingClient
@@ -179,6 +180,7 @@ class RLModule(PolicyModule):
             "time/iteration_s": finished - started,
         }
         self.log_metrics(metrics, step=step)
+        self.reward_history.append(metrics["train/reward_mean"])
         print(
             f"iter {step}: reward {metrics['train/reward_mean']:.3f}, "
             f"length {metrics['train/response_tokens_mean']:.1f}, "

@@ -84,11 +84,11 @@ def main(argv: list[str]) -> int:
     result = rl.train(cfg)
 
     rewards = result.module.reward_history
-    k = max(1, len(rewards) // 4)
+    k = min(5, len(rewards))
     print("\n=== summary ===")
     print(
-        f"  train/reward_mean: first {k} iterations {statistics.fmean(rewards[:k]):.3f}, "
-        f"last {k} {statistics.fmean(rewards[-k:]):.3f}"
+        f"  {'train/reward_mean':<40} iter   0: {rewards[0]:.3f}   "
+        f"mean of the last {k}: {statistics.fmean(rewards[-k:]):.3f}"
     )
     print("\n".join(summarize(cfg.run_dir)))
     print(f"final checkpoint: {result.checkpoint}")

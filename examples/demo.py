@@ -162,7 +162,6 @@ def main(argv: list[str]) -> int:
                 renderer_name="chatml",
                 model_name=EMBEDDED_MODEL,
                 max_tokens=24,
-                log_dir=f"runs/{run_name}/inspect",
             )
         ],
         "infrequent_eval_every": 16,

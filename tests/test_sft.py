@@ -178,6 +178,12 @@ def test_lora_run_saves_an_adapter_that_reloads(tiny_model, tokenizer, root, tmp
     finally:
         reloaded.close()
 
+    # training longer from the final checkpoint keeps training the same adapter
+    longer = train(SFTConfig(**{**cfg.__dict__, "steps": 5, "resume_from": result.checkpoint}))
+    assert longer.checkpoint == "bios://sft-lora/step_000005"
+    trainable = [n for n, p in longer.module.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
 
 def test_a_batch_too_large_for_memory_says_so():
     cfg = SFTConfig(train_data=TRAIN, batch_size=64, max_length=4096, run_name="t")

@@ -40,7 +40,7 @@ def load_policy(
         path = resolve_model_path(cfg.resume_from)
         meta = read_checkpoint_metadata(path)
         base_model, renderer_name = meta.base_model, renderer_name or meta.renderer_name
-        if cfg.lora_rank:
+        if meta.weights == "lora":  # train the saved adapter further
             from peft import PeftModel
 
             model, tokenizer = load_model(base_model)

@@ -12,13 +12,14 @@ import asyncio
 import statistics
 import sys
 
+from bios_callbacks.evaluators import SamplingClientEvaluator
 from examples.rl_arithmetic import TEST, TRAIN, accuracy_eval, reward
 from trainers.config import RLConfig
 
 sampling_eval_1 = accuracy_eval
 
 
-class SampledReward:
+class SampledReward(SamplingClientEvaluator):
     """Mean reward of 4 sampled replies per held-out question (a SamplingClientEvaluator)."""
 
     def __init__(self):

@@ -212,6 +212,8 @@ def train(
     `model` and `tokenizer` (both or neither) train a model you already hold instead of
     loading `cfg.model_name`. `callbacks` are extra Lightning callbacks, run after the
     evaluation and checkpoint ones.
+    Ctrl-C saves a checkpoint of the current step and exits (Lightning raises SystemExit);
+    `resume_from=` that checkpoint continues the run.
     """
     prompts = data.load_prompts(cfg.train_data, what="train_data")
 

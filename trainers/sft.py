@@ -122,6 +122,8 @@ def train(
     `model` and `tokenizer` (both or neither) train a model you already hold instead of
     loading `cfg.model_name` (which is still recorded as the checkpoints' base model).
     `callbacks` are extra Lightning callbacks, run after the evaluation and checkpoint ones.
+    Ctrl-C saves a checkpoint of the current step and exits (Lightning raises SystemExit);
+    `resume_from=` that checkpoint continues the run.
     """
     # data: load and check first, so bad input fails before the model loads
     train_convs = data.load_conversations(cfg.train_data, what="train_data")

@@ -27,6 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.sampling
+	$(BIN)/python -m bench.inspect_throughput
 	$(BIN)/python -m bench.callback_overhead
 
 lint: $(STAMP)

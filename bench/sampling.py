@@ -127,6 +127,21 @@ def main() -> None:
             print(f"| {name:<24} | {tokens:6d} | {seconds:7.1f} | {rate[name]:8.1f} "
                   f"| {rate[name] / base:12.2f}x | {rate[name] / static:8.2f}x |")
     client.close()
+    compare_bfloat16(tokenizer, batch, [args.max_tokens] * len(batch), model)
+
+
+def compare_bfloat16(tokenizer, batch, limits, model_fp32) -> None:
+    """The same concurrent run with fp32 weights and with bfloat16 weights."""
+    model_bf16, _ = load_model(EMBEDDED_MODEL, dtype=torch.bfloat16)
+    rates = {}
+    for name, model in (("float32", model_fp32), ("bfloat16", model_bf16)):
+        with SamplingClient.from_module(model, tokenizer, max_batch_size=len(batch)) as client:
+            run_concurrent(client, batch[:2], [4, 4])
+            tokens, seconds = run_concurrent(client, batch, limits)
+        rates[name] = tokens / seconds
+    print(f"\nweights dtype, concurrent x{len(batch)}: float32 {rates['float32']:.1f} tokens/s, "
+          f"bfloat16 {rates['bfloat16']:.1f} tokens/s, "
+          f"ratio {rates['bfloat16'] / rates['float32']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -40,3 +40,26 @@ def test_capitals_answered_through_the_chat_renderer(embedded):
         message, termination = renderer.parse_response(sequence.tokens)
         assert capital in message["content"], (country, message)
         assert sequence.stop_reason == "stop" and termination in ("stop", "eos")
+
+
+def test_service_client_in_bfloat16_still_answers():
+    import bios_callbacks as bios
+    from bios_callbacks.model_loading import EMBEDDED_MODEL
+
+    client = bios.ServiceClient(dtype="bfloat16").create_sampling_client(base_model=EMBEDDED_MODEL)
+    with client:
+        assert str(next(client.model.parameters()).dtype) == "torch.bfloat16"
+        renderer = renderers.get_renderer(name="chatml", tokenizer=client.tokenizer)
+        prompt = renderer.build_generation_prompt(
+            [{"role": "user", "content": "What is the capital of France?"}])
+        params = types.SamplingParams(max_tokens=16, temperature=0.0,
+                                      stop=renderer.get_stop_sequences())
+        tokens = client.sample(prompt, 1, params).sequences[0].tokens
+    assert "Paris" in renderer.parse_response(tokens)[0]["content"]
+
+
+def test_service_client_rejects_an_unknown_dtype():
+    import bios_callbacks as bios
+
+    with pytest.raises(ValueError, match="dtype='fp8'"):
+        bios.ServiceClient(dtype="fp8")

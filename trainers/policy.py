@@ -11,13 +11,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from trainers.checkpointing import CheckpointSaver
+from trainers.checkpointing import TRAINER_STATE, CheckpointSaver, checkpoint_uri, latest_results
 from trainers.config import TrainConfig
 
 
@@ -151,6 +153,43 @@ def build_trainer(
         log_every_n_steps=1,
         limit_val_batches=0,
     )
+
+
+@dataclass
+class TrainResult:
+    """What a finished run left behind: its log dir, final `bios://` checkpoint and metrics."""
+
+    log_dir: Path
+    checkpoint: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    module: PolicyModule | None = None
+
+
+def fit(
+    cfg: TrainConfig,
+    module: PolicyModule,
+    loader: Any,
+    *,
+    base_model: str,
+    renderer_name: str,
+    callbacks: Sequence[L.Callback] = (),
+) -> TrainResult:
+    """Fits `module` (resuming from `cfg.resume_from` if set) and reports the final checkpoint."""
+    trainer = build_trainer(
+        cfg, base_model=base_model, renderer_name=renderer_name, callbacks=callbacks
+    )
+    resume = None
+    if cfg.resume_from:
+        from bios_callbacks.checkpoints import resolve_model_path
+
+        resume = str(resolve_model_path(cfg.resume_from) / TRAINER_STATE)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
+
+    saver = next(cb for cb in trainer.callbacks if isinstance(cb, CheckpointSaver))
+    final = checkpoint_uri(saver.saved[-1]) if saver.saved else ""
+    print(f"done: step {trainer.global_step}, checkpoint {final}")
+    print(f"view the logs: tensorboard --logdir {cfg.run_dir}")
+    return TrainResult(cfg.run_dir, final, latest_results(trainer, module), module)
 
 
 def explain_out_of_memory(exc: BaseException, cfg: TrainConfig) -> BaseException:

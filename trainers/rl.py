@@ -24,8 +24,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -34,12 +33,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from trainers import data
-from trainers.checkpointing import TRAINER_STATE, CheckpointSaver, checkpoint_uri, latest_results
 from trainers.cli import run_cli
 from trainers.config import RLConfig
-from trainers.policy import PolicyModule, build_trainer, explain_out_of_memory, load_policy
+from trainers.policy import (
+    PolicyModule,
+    TrainResult,
+    explain_out_of_memory,
+    fit,
+    load_policy,
+)
 
-__all__ = ["RLConfig", "RLModule", "RLResult", "train"]
+__all__ = ["RLConfig", "RLModule", "train"]
 
 
 @dataclass
@@ -190,23 +194,13 @@ class RLModule(PolicyModule):
         return loss
 
 
-@dataclass
-class RLResult:
-    """What a finished run left behind."""
-
-    log_dir: Path
-    checkpoint: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    module: RLModule | None = None
-
-
 def train(
     cfg: RLConfig,
     *,
     model: torch.nn.Module | None = None,
     tokenizer: Any = None,
     callbacks: Sequence[L.Callback] = (),
-) -> RLResult:
+) -> TrainResult:
     """Runs RL as `cfg` says; returns the final checkpoint and metrics.
 
     `model` and `tokenizer` (both or neither) train a model you already hold instead of
@@ -236,21 +230,8 @@ def train(
     )
 
     module = RLModule(model, tokenizer, cfg, renderer)
-    trainer = build_trainer(
-        cfg, base_model=base_model, renderer_name=renderer_name, callbacks=callbacks
-    )
-    resume = None
-    if cfg.resume_from:
-        from bios_callbacks.checkpoints import resolve_model_path
-
-        resume = str(resolve_model_path(cfg.resume_from) / TRAINER_STATE)
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
-
-    saver = next(cb for cb in trainer.callbacks if isinstance(cb, CheckpointSaver))
-    final = checkpoint_uri(saver.saved[-1]) if saver.saved else ""
-    print(f"done: iteration {trainer.global_step}, checkpoint {final}")
-    print(f"view the logs: tensorboard --logdir {cfg.run_dir}")
-    return RLResult(cfg.run_dir, final, latest_results(trainer, module), module)
+    return fit(cfg, module, loader, base_model=base_model, renderer_name=renderer_name,
+               callbacks=callbacks)
 
 
 if __name__ == "__main__":

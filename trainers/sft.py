@@ -21,8 +21,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -31,12 +29,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from trainers import data
-from trainers.checkpointing import TRAINER_STATE, CheckpointSaver, checkpoint_uri, latest_results
 from trainers.cli import run_cli
 from trainers.config import SFTConfig
-from trainers.policy import PolicyModule, build_trainer, explain_out_of_memory, load_policy
+from trainers.policy import (
+    PolicyModule,
+    TrainResult,
+    explain_out_of_memory,
+    fit,
+    load_policy,
+)
 
-__all__ = ["SFTConfig", "SFTModule", "SFTResult", "train"]
+__all__ = ["SFTConfig", "SFTModule", "train"]
 
 
 def weighted_loss(
@@ -100,23 +103,13 @@ class SFTModule(PolicyModule):
         return total / weight
 
 
-@dataclass
-class SFTResult:
-    """What a finished run left behind."""
-
-    log_dir: Path
-    checkpoint: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    module: SFTModule | None = None
-
-
 def train(
     cfg: SFTConfig,
     *,
     model: torch.nn.Module | None = None,
     tokenizer: Any = None,
     callbacks: Sequence[L.Callback] = (),
-) -> SFTResult:
+) -> TrainResult:
     """Runs supervised fine-tuning as `cfg` says; returns the final checkpoint and metrics.
 
     `model` and `tokenizer` (both or neither) train a model you already hold instead of
@@ -161,22 +154,8 @@ def train(
 
     # train: Lightning runs the loop; callbacks evaluate and checkpoint
     module = SFTModule(model, tokenizer, cfg, test_batches)
-    trainer = build_trainer(
-        cfg, base_model=base_model, renderer_name=renderer_name, callbacks=callbacks
-    )
-    resume = None
-    if cfg.resume_from:
-        from bios_callbacks.checkpoints import resolve_model_path
-
-        resume = str(resolve_model_path(cfg.resume_from) / TRAINER_STATE)
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
-
-    saver = next(cb for cb in trainer.callbacks if isinstance(cb, CheckpointSaver))
-    final = checkpoint_uri(saver.saved[-1]) if saver.saved else ""
-    metrics = latest_results(trainer, module)
-    print(f"done: step {trainer.global_step}, checkpoint {final}")
-    print(f"view the logs: tensorboard --logdir {cfg.run_dir}")
-    return SFTResult(log_dir=cfg.run_dir, checkpoint=final, metrics=metrics, module=module)
+    return fit(cfg, module, loader, base_model=base_model, renderer_name=renderer_name,
+               callbacks=callbacks)
 
 
 if __name__ == "__main__":

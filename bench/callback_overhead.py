@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
+import tempfile
 import time
 import warnings
 
@@ -75,11 +76,13 @@ def run(tokenizer, steps: int, attached: bool) -> list[float]:
     if attached:
         builder = functools.partial(NLLEvaluator, [[1, 200, 300, 400]])
         callbacks.append(TimedEvalCallback([builder], eval_every=10**9, progress=False))
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=steps, logger=False, callbacks=callbacks,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-    )
-    trainer.fit(TinyLM(LlamaForCausalLM(config), tokenizer), DataLoader(data, batch_size=4))
+    with tempfile.TemporaryDirectory() as run_dir:  # the callback's eval_results.jsonl
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=1, max_steps=steps, logger=False, callbacks=callbacks,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            default_root_dir=run_dir,
+        )
+        trainer.fit(TinyLM(LlamaForCausalLM(config), tokenizer), DataLoader(data, batch_size=4))
     return clock.step_seconds()
 
 

@@ -302,3 +302,15 @@ def test_timed_out_generation_is_abandoned_and_flags_restored(tmp_path, tokenize
     assert [v for _, v in tags["eval/failures"]] == [1.0, 1.0, 1.0]
     # a fresh sampling client serves the next round after the abandoned one is closed
     assert [s for s, _ in tags["eval/gen/tokens"]] == [0, 1, 2]
+
+
+def test_sharded_strategies_are_refused_at_setup():
+    # Lightning's FSDP needs a GPU, so no Trainer can be built with it here: hand the callback a
+    # stand-in trainer holding a real FSDPStrategy, as Lightning would on a GPU machine.
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    callback = EvalCallback(evaluator_builders=[lambda: NLLEvaluator([[1, 2, 3]])], eval_every=1)
+    with pytest.raises(RuntimeError, match=r"FSDPStrategy.*strategy='ddp'"):
+        callback.setup(SimpleNamespace(strategy=FSDPStrategy()), None, "fit")

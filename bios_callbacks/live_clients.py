@@ -71,30 +71,25 @@ class LiveClients:
     def sampling(self) -> Any:
         """The sampling client over the live model (shares its weights)."""
         if self._sampling is None:
-            maker = getattr(self.module, "make_sampling_client", None)
-            if callable(maker):
-                self._sampling = maker()
-            else:
-                from bios_callbacks.sampling_client import SamplingClient
+            from bios_callbacks.sampling_client import SamplingClient
 
-                self._sampling = SamplingClient.from_module(
-                    self.module.model, self.module.tokenizer
-                )
+            self._sampling = self._make("make_sampling_client", SamplingClient)
         return self._sampling
 
     def training(self) -> Any:
         """The training client over the live model (log-probs without changing it)."""
         if self._training is None:
-            maker = getattr(self.module, "make_training_client", None)
-            if callable(maker):
-                self._training = maker()
-            else:
-                from bios_callbacks.training_client import TrainingClient
+            from bios_callbacks.training_client import TrainingClient
 
-                self._training = TrainingClient.from_module(
-                    self.module.model, self.module.tokenizer
-                )
+            self._training = self._make("make_training_client", TrainingClient)
         return self._training
+
+    def _make(self, hook: str, client_class: Any) -> Any:
+        """The module's own `hook()`, else `client_class.from_module(model, tokenizer)`."""
+        maker = getattr(self.module, hook, None)
+        if callable(maker):
+            return maker()
+        return client_class.from_module(self.module.model, self.module.tokenizer)
 
     def settle(self, *, restart_sampling: bool = False) -> None:
         """Waits until the sampling client has stopped touching the model; with

@@ -131,18 +131,25 @@ def main() -> None:
 
 
 def compare_bfloat16(tokenizer, batch, limits, model_fp32) -> None:
-    """The same concurrent run with fp32 weights and with bfloat16 weights."""
+    """The same concurrent run with float32 weights, with float32 weights under bfloat16
+    autocast (what `EvalCallback(sampling_options={"compute_dtype": torch.bfloat16})` does on
+    the live model), and with bfloat16 weights (`ServiceClient(dtype="bfloat16")`)."""
     model_bf16, _ = load_model(EMBEDDED_MODEL, dtype=torch.bfloat16)
+    variants = {
+        "float32": (model_fp32, None),
+        "bfloat16 autocast": (model_fp32, torch.bfloat16),
+        "bfloat16 weights": (model_bf16, None),
+    }
     rates = {}
-    for name, model in (("float32", model_fp32), ("bfloat16", model_bf16)):
-        with SamplingClient.from_module(model, tokenizer, max_batch_size=len(batch)) as client:
-            run_concurrent(client, batch[:2], [4, 4])
+    for name, (model, compute_dtype) in variants.items():
+        with SamplingClient.from_module(model, tokenizer, max_batch_size=len(batch),
+                                        compute_dtype=compute_dtype) as client:
+            run_concurrent(client, batch, limits)  # warm-up, incl. autocast's weight casts
             tokens, seconds = run_concurrent(client, batch, limits)
         rates[name] = tokens / seconds
-    print(f"\nweights dtype, concurrent x{len(batch)}: float32 {rates['float32']:.1f} tokens/s, "
-          f"bfloat16 {rates['bfloat16']:.1f} tokens/s, "
-          f"ratio {rates['bfloat16'] / rates['float32']:.2f}x")
-
+    print(f"\ndtypes, concurrent x{len(batch)}:")
+    for name, rate in rates.items():
+        print(f"  {name:<18} {rate:7.1f} tokens/s  {rate / rates['float32']:.2f}x")
 
 if __name__ == "__main__":
     main()

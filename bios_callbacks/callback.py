@@ -70,6 +70,9 @@ class EvalCallback(Callback):
         training_texts: strings the model trains on, or ``"from_trainer"`` to read the train
             dataloader's dataset; eval prompts found in them trigger a one-time warning.
         progress: print a line per finished evaluator through the progress bar.
+        sampling_options: keyword arguments for the live sampling client,
+            ``SamplingClient.from_module(model, tokenizer, **sampling_options)``, e.g.
+            ``{"max_batch_size": 64, "compute_dtype": torch.bfloat16}`` for faster rounds.
 
     Logged at step N on every logger: each metric, ``eval/failures`` (count) and
     ``eval/time_s``. Metrics also land in ``trainer.callback_metrics`` (usable by
@@ -93,6 +96,7 @@ class EvalCallback(Callback):
         fail_fast: bool = False,
         training_texts: Iterable[str] | Literal["from_trainer"] | None = None,
         progress: bool = True,
+        sampling_options: dict[str, Any] | None = None,
     ):
         for arg, value in (
             ("eval_every", eval_every),
@@ -138,6 +142,7 @@ class EvalCallback(Callback):
         self.fail_fast = fail_fast
         self.training_texts = training_texts
         self.progress = progress
+        self.sampling_options = dict(sampling_options or {})
         self.last_seen_step = -1
         self.last_evaluated = {name: -1 for name in LISTS}
         self.latest: RoundRecord | None = None
@@ -165,7 +170,7 @@ class EvalCallback(Callback):
             needs_sampling=any(isinstance(e, SamplingClientEvaluator) for e in evaluators),
             needs_training=any(isinstance(e, TrainingClientEvaluator) for e in evaluators),
         )
-        self._clients = LiveClients(pl_module)
+        self._clients = LiveClients(pl_module, self.sampling_options)
         self._log_dir = Path(trainer.log_dir or trainer.default_root_dir)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -10,6 +10,7 @@ one padded `generate` call over the same prompts; this engine is measured in `be
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import secrets
 import threading
@@ -146,6 +147,8 @@ class DecodeEngine:
         max_batch_size: most sequences decoding at once.
         max_cache_tokens: bound on rows x cached positions, which bounds KV-cache memory.
         max_prefill_tokens: bound on padded prompt tokens prefilled in one forward pass.
+        compute_dtype: if set (e.g. `torch.bfloat16`), decode under autocast to this dtype; the
+            weights stay as they are and their cast copies are reused for a whole busy period.
         admit_window_s: when idle, how long to wait for more requests before starting, so that
             requests issued together (e.g. by `asyncio.gather`) start as one batch.
     """
@@ -158,6 +161,7 @@ class DecodeEngine:
         max_batch_size: int = 32,
         max_cache_tokens: int = 65_536,
         max_prefill_tokens: int = 8_192,
+        compute_dtype: torch.dtype | None = None,
         admit_window_s: float = 0.005,
     ) -> None:
         if max_batch_size < 1:
@@ -167,6 +171,7 @@ class DecodeEngine:
         self.max_cache_tokens = max_cache_tokens
         self.max_prefill_tokens = max_prefill_tokens
         self.admit_window_s = admit_window_s
+        self.compute_dtype = compute_dtype
         config = model.config
         self.context_length: int | None = getattr(config, "max_position_embeddings", None)
         self.vocab_size: int = model.get_input_embeddings().num_embeddings
@@ -225,10 +230,15 @@ class DecodeEngine:
                 self._idle.clear()
             time.sleep(self.admit_window_s)
             try:
-                with torch.no_grad(), evaluation_mode(self.model):
+                with torch.no_grad(), evaluation_mode(self.model), self._autocast():
                     self._serve_until_idle()
             finally:
                 self._idle.set()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.compute_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
     def _serve_until_idle(self) -> None:
         batch: _Batch | None = None

@@ -63,8 +63,9 @@ class LiveClients:
         True
     """
 
-    def __init__(self, module: Any):
+    def __init__(self, module: Any, sampling_options: dict[str, Any] | None = None):
         self.module = module
+        self.sampling_options = sampling_options or {}
         self._sampling: Any = None
         self._training: Any = None
 
@@ -73,7 +74,8 @@ class LiveClients:
         if self._sampling is None:
             from bios_callbacks.sampling_client import SamplingClient
 
-            self._sampling = self._make("make_sampling_client", SamplingClient)
+            self._sampling = self._make("make_sampling_client", SamplingClient,
+                                        **self.sampling_options)
         return self._sampling
 
     def training(self) -> Any:
@@ -84,12 +86,12 @@ class LiveClients:
             self._training = self._make("make_training_client", TrainingClient)
         return self._training
 
-    def _make(self, hook: str, client_class: Any) -> Any:
-        """The module's own `hook()`, else `client_class.from_module(model, tokenizer)`."""
+    def _make(self, hook: str, client_class: Any, **options: Any) -> Any:
+        """The module's own `hook()`, else `client_class.from_module(model, tokenizer, ...)`."""
         maker = getattr(self.module, hook, None)
         if callable(maker):
             return maker()
-        return client_class.from_module(self.module.model, self.module.tokenizer)
+        return client_class.from_module(self.module.model, self.module.tokenizer, **options)
 
     def settle(self, *, restart_sampling: bool = False) -> None:
         """Waits until the sampling client has stopped touching the model; with

@@ -40,6 +40,7 @@ class SamplingClient:
         model_name: str | None = None,
         max_batch_size: int = 32,
         max_cache_tokens: int = 65_536,
+        compute_dtype: torch.dtype | None = None,
     ) -> SamplingClient:
         """A client over a live transformers causal LM, sharing its weights (no copy).
 
@@ -52,9 +53,16 @@ class SamplingClient:
             model_name: a name reported by integrations (e.g. Inspect logs).
             max_batch_size: most sequences decoding at once.
             max_cache_tokens: bound on sequences x cached positions (KV-cache memory).
+            compute_dtype: decode under autocast to this dtype, e.g. `torch.bfloat16` (about
+                1.6x faster on CPUs with AVX512-BF16 or AMX, and on GPUs); the module's own
+                weights are not changed. None (default) computes in the weights' dtype.
+
+        Example:
+            >>> client = SamplingClient.from_module(                      # doctest: +SKIP
+            ...     model, tokenizer, max_batch_size=64, compute_dtype=torch.bfloat16)
         """
         engine = DecodeEngine(model, tokenizer, max_batch_size=max_batch_size,
-                              max_cache_tokens=max_cache_tokens)
+                              max_cache_tokens=max_cache_tokens, compute_dtype=compute_dtype)
         return cls(engine, model_name=model_name)
 
     @property

@@ -114,3 +114,21 @@ def test_run_sync_works_inside_a_running_event_loop():
 def test_bad_arguments_are_explained(kwargs, error, message):
     with pytest.raises(error, match=message):
         EvalCallback(**kwargs)
+
+
+def test_sampling_options_reach_the_live_client(tmp_path, tiny_model, tokenizer):
+    seen: list[tuple[int, torch.dtype]] = []
+    tiny_model.lm_head.register_forward_hook(
+        lambda module, args, out: seen.append((out.shape[0], out.dtype)) if not torch.
+        is_grad_enabled() else None)
+    questions = QUESTIONS * 3
+    callback = EvalCallback(
+        evaluator_builders=[lambda: QAEvaluator(questions, lambda r, t: t in r,
+                                                renderer_name="chatml", max_tokens=3)],
+        eval_every=1, sampling_options={"max_batch_size": 1, "compute_dtype": torch.bfloat16})
+    trainer = make_trainer(tmp_path, [callback], max_steps=1)
+    trainer.fit(TinyLM(tiny_model, tokenizer), token_loader())
+    assert seen and {rows for rows, _ in seen} == {1}
+    assert {dtype for _, dtype in seen} == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in tiny_model.parameters())
+    assert steps(trainer.log_dir, "eval/qa/accuracy") == [0, 1]

@@ -43,6 +43,8 @@ def test_bad_key_names_the_valid_keys():
         parse_args(["model_pth=x", "tasks=a.py@t"])
     with pytest.raises(UsageError, match="limit"):
         parse_args(["model_name=m", "tasks=a.py@t", "limit=ten"])
+    with pytest.raises(UsageError, match=r"dtype='fp8': expected one of \['float32', 'bfloat16'\]"):
+        parse_args(["model_name=m", "tasks=a.py@t", "dtype=fp8"])
     assert main(["tasks=a.py@t", "model_nme=m"]) == 2
 
 
@@ -108,10 +110,10 @@ def test_inspect_eval_cli_route(checkpoint, tmp_path):
 
 
 @pytest.mark.embedded
-def test_cli_on_the_base_model(embedded, tmp_path, capsys):
+def test_cli_on_the_base_model_in_bfloat16(embedded, tmp_path, capsys):
     status = main([f"model_name={EMBEDDED_MODEL}", "renderer_name=chatml",
                    f"tasks={REPO}/examples/offline_inspect_eval.py@capitals", "max_tokens=48",
-                   f"log_dir={tmp_path}"])
+                   f"log_dir={tmp_path}", "dtype=bfloat16"])
     assert status == 0
     result = json.loads((tmp_path / "evals" / "capitals.json").read_text())
     assert result["metrics"]["capitals/includes/accuracy"] >= 0.5

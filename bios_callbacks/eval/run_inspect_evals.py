@@ -10,7 +10,8 @@ Keys (key=value): model_path (checkpoint directory or bios://run/name; omit it t
 model_name), model_name, tasks (comma-separated: registry names, file.py@task, module:task),
 renderer_name (default: the checkpoint's, else the model's default), limit, temperature
 (default 0: greedy), max_tokens, max_connections (samples decoded together, default 32),
-log_dir (Inspect logs; default <checkpoint>/evals/logs or ./inspect_logs).
+log_dir (Inspect logs; default <checkpoint>/evals/logs or ./inspect_logs), dtype (weights:
+float32, the default, or bfloat16, about 1.8x faster on CPUs with AVX512-BF16 and on GPUs).
 
 Prints a metrics table, writes `evals/<task>.json` in the checkpoint directory (or in log_dir for
 a base model) and exits 1 when a task fails, 2 on bad arguments.
@@ -45,6 +46,7 @@ class EvalArgs:
     max_tokens: int | None = None
     max_connections: int = 32
     log_dir: str | None = None
+    dtype: str = "float32"
 
 
 _CONVERTERS: dict[str, Any] = {
@@ -53,8 +55,15 @@ _CONVERTERS: dict[str, Any] = {
     "temperature": float,
     "max_tokens": int,
     "max_connections": int,
+    "dtype": lambda v: _choice("dtype", v, ("float32", "bfloat16")),
 }
 VALID_KEYS = [f.name for f in dataclasses.fields(EvalArgs)]
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise UsageError(f"{key}={value!r}: expected one of {list(choices)}.")
+    return value
 
 
 def parse_args(argv: list[str]) -> EvalArgs:
@@ -95,7 +104,7 @@ def run(args: EvalArgs) -> int:
     from bios_callbacks.service_client import ServiceClient
 
     tasks = [resolve_task(name) for name in args.tasks]
-    service = ServiceClient(max_batch_size=args.max_connections)
+    service = ServiceClient(max_batch_size=args.max_connections, dtype=args.dtype)
     step = None
     if args.model_path:
         from bios_callbacks.checkpoints import read_checkpoint_metadata, resolve_model_path

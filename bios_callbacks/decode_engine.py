@@ -10,11 +10,13 @@ one padded `generate` call over the same prompts; this engine is measured in `be
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import inspect
 import secrets
 import threading
 import time
+import weakref
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -25,6 +27,11 @@ from bios_callbacks.kv_cache import BatchCache
 from bios_callbacks.token_sampling import next_tokens
 from bios_callbacks.train_flags import evaluation_mode
 from bios_callbacks.types import SampledSequence, SampleResponse, SamplingParams
+
+# Engines still open at interpreter exit are closed first, so no decode thread is left waiting
+# while torch tears down its thread pools.
+_OPEN_ENGINES: weakref.WeakSet[DecodeEngine] = weakref.WeakSet()
+atexit.register(lambda: [engine.close() for engine in list(_OPEN_ENGINES)])
 
 _SEED_STRIDE = 0x9E3779B97F4A7C15
 _SEED_MASK = (1 << 63) - 1
@@ -185,6 +192,7 @@ class DecodeEngine:
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        _OPEN_ENGINES.add(self)
         self._idle = threading.Event()
         self._idle.set()
 

@@ -138,7 +138,14 @@ def preserved_terminal() -> Iterator[None]:
 
 
 def _quiet_inspect_display() -> None:
-    """No Inspect progress display: the training loop's own bars stay in charge."""
+    """No Inspect progress display: the training loop's own bars stay in charge.
+
+    Inspect applies its "none" display by making Rich's global console quiet, but only the
+    first time it sets the console up; `preserved_terminal` undoes that after every run, so
+    the console is made quiet again here for each run.
+    """
+    import rich
     from inspect_ai.util._display import init_display_type
 
     init_display_type("none")
+    rich.get_console().quiet = True

@@ -57,6 +57,16 @@ def root(tmp_path, monkeypatch):
     return tmp_path / "runs"
 
 
+def assert_checkpoint_samples_like_live(result, tokenizer, messages, max_tokens: int) -> None:
+    """The final checkpoint, reloaded, samples the same greedy tokens as the trained module."""
+    prompt = get_renderer(name="chatml", tokenizer=tokenizer).build_generation_prompt(messages)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    with SamplingClient.from_module(result.module.model, tokenizer) as live:
+        expected = live.sample(prompt, 1, params).sequences[0].tokens
+    with ServiceClient().create_sampling_client(model_path=result.checkpoint) as reloaded:
+        assert reloaded.sample(prompt, 1, params).sequences[0].tokens == expected
+
+
 def test_sft_learns_logs_and_checkpoints(tiny_model, tokenizer, root, capsys):
     cfg = SFTConfig(
         train_data=TRAIN,
@@ -90,17 +100,7 @@ def test_sft_learns_logs_and_checkpoints(tiny_model, tokenizer, root, capsys):
     )
 
     # the saved checkpoint samples exactly what the trained in-memory model samples
-    prompt = get_renderer(name="chatml", tokenizer=tokenizer).build_generation_prompt(
-        TRAIN[0]["messages"][:1]
-    )
-    params = SamplingParams(max_tokens=8, temperature=0.0)
-    with SamplingClient.from_module(result.module.model, tokenizer) as live:
-        expected = live.sample(prompt, 1, params).sequences[0].tokens
-    reloaded = ServiceClient().create_sampling_client(model_path=result.checkpoint)
-    try:
-        assert reloaded.sample(prompt, 1, params).sequences[0].tokens == expected
-    finally:
-        reloaded.close()
+    assert_checkpoint_samples_like_live(result, tokenizer, TRAIN[0]["messages"][:1], 8)
 
 
 class InterruptAt(L.Callback):
@@ -166,17 +166,7 @@ def test_lora_run_saves_an_adapter_that_reloads(tiny_model, tokenizer, root, tmp
     assert trainable and all("lora_" in n for n in trainable)
     assert read_checkpoint_metadata(result.checkpoint).weights == "lora"
 
-    prompt = get_renderer(name="chatml", tokenizer=tokenizer).build_generation_prompt(
-        TRAIN[1]["messages"][:1]
-    )
-    params = SamplingParams(max_tokens=6, temperature=0.0)
-    with SamplingClient.from_module(result.module.model, tokenizer) as live:
-        expected = live.sample(prompt, 1, params).sequences[0].tokens
-    reloaded = ServiceClient().create_sampling_client(model_path=result.checkpoint)
-    try:
-        assert reloaded.sample(prompt, 1, params).sequences[0].tokens == expected
-    finally:
-        reloaded.close()
+    assert_checkpoint_samples_like_live(result, tokenizer, TRAIN[1]["messages"][:1], 6)
 
     # training longer from the final checkpoint keeps training the same adapter
     longer = train(SFTConfig(**{**cfg.__dict__, "steps": 5, "resume_from": result.checkpoint}))

@@ -7,6 +7,9 @@ are too noisy for absolute numbers to travel.
 Two workloads:
 - equal: every request asks for the same number of tokens (prompts that answer at length);
 - varied: requests ask for 8..128 tokens; the padded batch must run to the longest.
+
+The equal workload also runs transformers' own continuous batching (`generate_batch`), which
+this library does not use because it is slower than the padded call on these CPUs.
 """
 
 from __future__ import annotations
@@ -89,6 +92,21 @@ def run_static(model, tokenizer, batch, limits) -> tuple[int, float]:
     return tokens, elapsed
 
 
+def run_generate_batch(model, tokenizer, batch, limit) -> tuple[int, float]:
+    """transformers' own continuous batching (`generate_batch`), for comparison."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=limit, do_sample=False,
+                              eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        model.generate_batch(inputs=batch[:2], generation_config=config)  # warm-up
+        start = time.perf_counter()
+        outputs = model.generate_batch(inputs=batch, generation_config=config)
+    elapsed = time.perf_counter() - start
+    return sum(len(o.generated_tokens) for o in outputs.values()), elapsed
+
+
 def _as_list(value) -> list[int]:
     if value is None:
         return []
@@ -117,6 +135,9 @@ def main() -> None:
                  run_sequential(client, batch[: args.sequential], limits[: args.sequential]))]
         for n in sorted({n for n in (8, 16, args.prompts) if n <= args.prompts}):
             rows.append((f"concurrent x{n}", run_concurrent(client, batch[:n], limits[:n])))
+        if workload == "equal":
+            rows.append((f"generate_batch x{len(batch)}",
+                         run_generate_batch(model, tokenizer, batch, args.max_tokens)))
         rows.append((f"padded generate x{len(batch)}", run_static(model, tokenizer, batch, limits)))
         rate = {name: tokens / seconds for name, (tokens, seconds) in rows}
         base, static = rate[rows[0][0]], rate[rows[-1][0]]

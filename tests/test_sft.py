@@ -18,6 +18,7 @@ from bios_callbacks.evaluators import NLLEvaluator
 from bios_callbacks.renderers import get_renderer
 from bios_callbacks.sampling_client import SamplingClient
 from bios_callbacks.types import SamplingParams
+from trainers.checkpointing import TRAINER_STATE
 from trainers.config import SFTConfig
 from trainers.policy import explain_out_of_memory
 from trainers.sft import train
@@ -101,6 +102,15 @@ def test_sft_learns_logs_and_checkpoints(tiny_model, tokenizer, root, capsys):
 
     # the saved checkpoint samples exactly what the trained in-memory model samples
     assert_checkpoint_samples_like_live(result, tokenizer, TRAIN[0]["messages"][:1], 8)
+
+    # only the newest checkpoint keeps the optimizer state; older ones keep their weights
+    checkpoints = result.log_dir / "checkpoints"
+    assert not (checkpoints / "step_000008" / TRAINER_STATE).exists()
+    assert (checkpoints / "step_000012" / TRAINER_STATE).exists()
+    assert read_checkpoint_metadata(checkpoints / "step_000008").step == 8
+    with pytest.raises(FileNotFoundError, match="keep_trainer_states"):
+        train(SFTConfig(**{**cfg.__dict__, "resume_from": "bios://sft-e2e/step_000008"}),
+              model=result.module.model, tokenizer=tokenizer)
 
 
 class InterruptAt(L.Callback):

@@ -80,6 +80,10 @@ class CheckpointSaver(L.Callback):
         self.last_saved = step
         trainer.save_checkpoint(path / TRAINER_STATE)
         self.saved.append(path)
+        keep = self.cfg.keep_trainer_states
+        if keep:
+            for older in self.saved[:-keep]:
+                (older / TRAINER_STATE).unlink(missing_ok=True)
         print(f"step {step}: saved checkpoint {checkpoint_uri(path)}", flush=True)
         return path
 

@@ -45,6 +45,9 @@ class TrainConfig:
             `$BIOS_CHECKPOINT_ROOT/<run_name>` (root `./runs`), so checkpoints get `bios://` paths.
         save_every: save a checkpoint every this many steps (0: only at the end).
         resume_from: a checkpoint written by this trainer (dir or `bios://`) to continue from.
+        keep_trainer_states: how many of the newest checkpoints keep `trainer_state.ckpt`
+            (optimizer state, needed to resume; twice the weights' size with AdamW); older
+            checkpoints keep their weights. 0 keeps it everywhere.
     """
 
     model_name: str = EMBEDDED_MODEL
@@ -66,9 +69,11 @@ class TrainConfig:
     save_every: int = 0
     seed: int = 0
     resume_from: str | None = None
+    keep_trainer_states: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("eval_every", "infrequent_eval_every", "save_every", "warmup_steps"):
+        for name in ("eval_every", "infrequent_eval_every", "save_every", "warmup_steps",
+                     "keep_trainer_states"):
             _check_int(self, name, minimum=0, hint="use 0 to disable it")
         for name in ("steps", "batch_size", "max_length"):
             _check_int(self, name, minimum=1)

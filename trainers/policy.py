@@ -182,7 +182,13 @@ def fit(
     if cfg.resume_from:
         from bios_callbacks.checkpoints import resolve_model_path
 
-        resume = str(resolve_model_path(cfg.resume_from) / TRAINER_STATE)
+        resume = resolve_model_path(cfg.resume_from) / TRAINER_STATE
+        if not resume.exists():
+            raise FileNotFoundError(
+                f"resume_from={cfg.resume_from!r} has no {TRAINER_STATE} (the optimizer state "
+                "is kept only in the newest keep_trainer_states checkpoints). Resume from the "
+                "run's latest checkpoint, or start a new run with model_name= set to this one."
+            )
     trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
 
     saver = next(cb for cb in trainer.callbacks if isinstance(cb, CheckpointSaver))

@@ -185,7 +185,10 @@ def resolve_pretrained_source(name_or_path: str | os.PathLike[str]) -> tuple[str
         )
     if _in_hf_cache(text):
         return text, True
-    return text, hub_offline()
+    if hub_offline():
+        # Fail here: transformers' adapter lookup would still try the network, with retries.
+        raise _hub_error(text, FileNotFoundError(f"{text!r} is not in the local cache"))
+    return text, False
 
 
 def _in_hf_cache(repo_id: str) -> bool:

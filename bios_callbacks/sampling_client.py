@@ -116,7 +116,7 @@ class SamplingClient:
         self.close()
 
     def _request(self, prompt, num_samples: int, params: SamplingParams | None) -> Request:
-        tokens = prompt.to_ints() if isinstance(prompt, ModelInput) else [int(t) for t in prompt]
+        tokens = ModelInput.coerce(prompt).to_ints()
         if not tokens:
             raise ValueError(
                 "The prompt is empty: sampling needs at least one token. Build prompts with "

@@ -25,12 +25,6 @@ if TYPE_CHECKING:
 TokenSequence = ModelInput | Sequence[int]
 
 
-def _as_ints(sequence: TokenSequence) -> list[int]:
-    if isinstance(sequence, ModelInput):
-        return sequence.to_ints()
-    return [int(t) for t in sequence]
-
-
 class TrainingClient:
     """Scores token sequences with a live causal LM (a ``transformers`` model or any module
     whose ``forward(input_ids=, attention_mask=)`` returns an object with ``.logits``).
@@ -77,7 +71,7 @@ class TrainingClient:
             >>> client.compute_logprobs([[1, 2, 3]])  # doctest: +SKIP
             [[-10.3, -9.8]]
         """
-        token_lists = [_as_ints(s) for s in sequences]
+        token_lists = [ModelInput.coerce(s).to_ints() for s in sequences]
         for i, tokens in enumerate(token_lists):
             if len(tokens) < 2:
                 raise ValueError(

@@ -33,6 +33,16 @@ class ModelInput:
         """Wraps a list of token ids."""
         return cls(tuple(int(t) for t in tokens))
 
+    @classmethod
+    def coerce(cls, tokens: ModelInput | Sequence[int]) -> ModelInput:
+        """A `ModelInput` as is, or token ids wrapped.
+
+        Example:
+            >>> ModelInput.coerce([1, 2]).length
+            2
+        """
+        return tokens if isinstance(tokens, ModelInput) else cls.from_ints(tokens)
+
     def to_ints(self) -> list[int]:
         """The token ids as a list."""
         return list(self.tokens)

@@ -79,7 +79,6 @@ class QAEvaluator(SamplingClientEvaluator):
         self.grader_fn = grader_fn
         self.renderer = renderer
         self.renderer_name = renderer_name
-        self.max_tokens = max_tokens
         self.sampling_params = SamplingParams(
             max_tokens=max_tokens, temperature=temperature, seed=seed
         )
@@ -123,6 +122,6 @@ class QAEvaluator(SamplingClientEvaluator):
             bool(self.grader_fn(response, target))
             for response, (_, target) in zip(answers, self.items, strict=True)
         )
-        questions = [question for question, _ in self.items]
-        self._transcripts = list(zip(questions, answers, strict=True))[: self.num_transcripts]
+        pairs = zip(self.eval_prompts(), answers, strict=True)
+        self._transcripts = list(pairs)[: self.num_transcripts]
         return {"accuracy": correct / len(self.items)}

@@ -23,6 +23,7 @@ import torch
 from bios_callbacks import types
 from bios_callbacks.model_loading import EMBEDDED_MODEL, load_model
 from bios_callbacks.sampling_client import SamplingClient
+from bios_callbacks.tokenizer_utils import pad_token_id
 
 TOPICS = [
     "the ocean", "a lighthouse keeper", "volcanoes", "the history of bread", "a lost robot",
@@ -75,7 +76,7 @@ def run_concurrent(client, batch, limits) -> tuple[int, float]:
 def run_static(model, tokenizer, batch, limits) -> tuple[int, float]:
     """One left-padded `generate` call; each row counts only the tokens it asked for."""
     width = max(map(len, batch))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
     start = time.perf_counter()

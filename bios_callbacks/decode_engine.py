@@ -25,6 +25,7 @@ import torch
 
 from bios_callbacks.kv_cache import BatchCache
 from bios_callbacks.token_sampling import next_tokens
+from bios_callbacks.tokenizer_utils import pad_token_id
 from bios_callbacks.train_flags import evaluation_mode
 from bios_callbacks.types import SampledSequence, SampleResponse, SamplingParams
 
@@ -183,8 +184,7 @@ class DecodeEngine:
         self.context_length: int | None = getattr(config, "max_position_embeddings", None)
         self.vocab_size: int = model.get_input_embeddings().num_embeddings
         self._stop_ids = _eos_ids(model, tokenizer)
-        self._pad_id = next(iter(self._stop_ids), 0) if tokenizer.pad_token_id is None \
-            else tokenizer.pad_token_id
+        self._pad_id = pad_token_id(tokenizer)
         forward_args = inspect.signature(_base_model(model).forward).parameters
         self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
         self._trim_logits = "logits_to_keep" in forward_args

@@ -45,12 +45,9 @@ def cache_root() -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".cache/bios_callbacks"
 
 
-def hub_offline() -> bool:
-    """True when `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`) asks for no network access."""
-    return any(
-        os.environ.get(var, "").strip().lower() in _TRUTHY
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+def hub_offline(variables: tuple[str, ...] = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")) -> bool:
+    """True when one of `variables` (by default those for models) asks for no network access."""
+    return any(os.environ.get(var, "").strip().lower() in _TRUTHY for var in variables)
 
 
 def embedded_gguf_file() -> Path:
@@ -125,11 +122,11 @@ def _plain_copy(model: Any) -> Any:
 
 def _fix_generation_config(model: Any, tokenizer: Any) -> None:
     """Make generation stop at the chat end-of-turn token and pad with it."""
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    from bios_callbacks.tokenizer_utils import pad_token_id
+
     for config in (model.config, model.generation_config):
-        config.eos_token_id = eos_id
-        config.pad_token_id = pad_id
+        config.eos_token_id = tokenizer.eos_token_id
+        config.pad_token_id = pad_token_id(tokenizer)
         config.bos_token_id = tokenizer.bos_token_id
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from bios_callbacks.tokenizer_utils import pad_token_id
 from trainers import data
 from trainers.cli import run_cli
 from trainers.config import SFTConfig
@@ -129,9 +130,7 @@ def train(
     from bios_callbacks.renderers import get_renderer
 
     renderer = get_renderer(name=renderer_name, tokenizer=tokenizer)
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    pad_id = pad_token_id(tokenizer)
     train_examples = data.tokenize_conversations(train_convs, renderer, cfg.max_length)
     test_examples = data.tokenize_conversations(test_convs, renderer, cfg.max_length)
     test_batches = [

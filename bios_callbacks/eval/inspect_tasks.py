@@ -130,7 +130,9 @@ def _task_from_registry(name: str) -> Task:
 @functools.cache
 def hub_reachable() -> bool:
     """Whether the Hugging Face hub answers (False at once when HF_HUB_OFFLINE is set)."""
-    if any(os.environ.get(var, "").lower() in {"1", "true", "yes"} for var in _OFFLINE_VARS):
+    from bios_callbacks.model_loading import hub_offline
+
+    if hub_offline(_OFFLINE_VARS):
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
     try:

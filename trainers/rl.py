@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from bios_callbacks.tokenizer_utils import pad_token_id
 from trainers import data
 from trainers.cli import run_cli
 from trainers.config import RLConfig
@@ -112,7 +113,7 @@ class RLModule(PolicyModule):
         if self.client is not None:
             self.client.close()
 
-    async def sample_groups(self, batch: list[dict[str, Any]]) -> list[Any]:
+    async def sample_groups(self, prompts: list[Any]) -> list[Any]:
         """Samples `group_size` completions of every prompt, all prompts at once (one batch)."""
         from bios_callbacks.types import SamplingParams
 
@@ -124,11 +125,9 @@ class RLModule(PolicyModule):
         return await asyncio.gather(
             *(
                 self.client.sample_async(
-                    prompt=self.renderer.build_generation_prompt(datum["messages"]),
-                    num_samples=self.cfg.group_size,
-                    sampling_params=params,
+                    prompt=prompt, num_samples=self.cfg.group_size, sampling_params=params
                 )
-                for datum in batch
+                for prompt in prompts
             )
         )
 
@@ -137,13 +136,13 @@ class RLModule(PolicyModule):
 
         step = self.global_step  # rollouts come from the weights after `step` iterations
         started = time.perf_counter()
-        responses = run_sync(self.sample_groups(batch))
+        prompts = [self.renderer.build_generation_prompt(datum["messages"]) for datum in batch]
+        responses = run_sync(self.sample_groups(prompts))
         self.client.wait_idle()  # the client has handed the model back in training mode
         sampled = time.perf_counter()
 
         rollouts, rewards, lengths, truncated, flat_groups = [], [], [], 0, 0
-        for datum, response in zip(batch, responses, strict=True):
-            prompt = self.renderer.build_generation_prompt(datum["messages"]).to_ints()
+        for datum, prompt, response in zip(batch, prompts, responses, strict=True):
             group = []
             for seq in response.sequences:
                 message, _ = self.renderer.parse_response(seq.tokens)
@@ -154,7 +153,7 @@ class RLModule(PolicyModule):
             flat_groups += all(r == mean for r in group)
             rewards.extend(group)
             rollouts += [
-                Rollout(prompt, list(seq.tokens), list(seq.logprobs), reward - mean)
+                Rollout(prompt.to_ints(), list(seq.tokens), list(seq.logprobs), reward - mean)
                 for seq, reward in zip(response.sequences, group, strict=True)
                 if reward != mean
             ]
@@ -163,7 +162,7 @@ class RLModule(PolicyModule):
         try:
             if rollouts:
                 loss, kl = policy_gradient_loss(
-                    self.model, rollouts, self.cfg.temperature, self.tokenizer.pad_token_id or 0
+                    self.model, rollouts, self.cfg.temperature, pad_token_id(self.tokenizer)
                 )
             else:  # no group had a reward spread: nothing to learn from, step with zero grads
                 loss = sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)

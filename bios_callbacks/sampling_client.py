@@ -71,6 +71,11 @@ class SamplingClient:
         return self._engine.tokenizer
 
     @property
+    def max_batch_size(self) -> int:
+        """Most sequences decoded at once (integrations size their concurrency by it)."""
+        return self._engine.max_batch_size
+
+    @property
     def model(self) -> torch.nn.Module:
         """The model generating the samples."""
         return self._engine.model

@@ -39,6 +39,7 @@ class InFlight:
 
     def __init__(self, client):
         self.client, self.tokenizer, self.now, self.peak = client, client.tokenizer, 0, 0
+        self.max_batch_size = client.max_batch_size
 
     async def sample_async(self, **kwargs):
         self.now += 1
@@ -128,6 +129,20 @@ def test_samples_reach_the_client_together(tiny_model, tokenizer, tmp_path):
     client.close()
     assert log.status == "success"
     assert counting.peak == 12
+
+
+def test_default_concurrency_is_the_clients_batch_size(tiny_model, tokenizer, tmp_path):
+    client = SamplingClient.from_module(tiny_model, tokenizer, max_batch_size=5)
+    counting = InFlight(client)
+    api = InspectAPIFromBiosSampling(renderer_name="chatml", model_name="tiny",
+                                     sampling_client=counting)
+    task = Task(dataset=MemoryDataset([Sample(input=f"Count to {i}") for i in range(12)]),
+                solver=generate(), config=GenerateConfig(max_tokens=4))
+    config = GenerateConfig(adaptive_connections=False)  # else Inspect sizes it adaptively
+    [log] = eval(task, model=Model(api, config), log_dir=str(tmp_path), display="none")
+    client.close()
+    assert log.status == "success"
+    assert counting.peak == 5
 
 
 def test_unknown_model_argument_names_the_valid_ones(tiny_model, tokenizer):

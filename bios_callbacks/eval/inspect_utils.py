@@ -192,7 +192,11 @@ class InspectAPIFromBiosSampling(ModelAPI):
         return DEFAULT_MAX_TOKENS
 
     def max_connections(self) -> int:
-        """Requests in flight at once: enough to fill one batch of the sampling client."""
+        """Requests in flight at once: enough to fill one batch of the sampling client.
+
+        Inspect uses it when `adaptive_connections` is off; otherwise it sizes concurrency
+        itself, so our CLI and inline builder set `max_connections` explicitly.
+        """
         return getattr(self.sampling_client, "max_batch_size", DEFAULT_MAX_CONNECTIONS)
 
     def connection_key(self) -> str:

@@ -169,7 +169,10 @@ def read_checkpoint_metadata(path_or_uri: str | os.PathLike[str]) -> CheckpointM
     try:
         raw = json.loads(file.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"Checkpoint metadata {file} is not valid JSON ({error}).") from error
+        raise ValueError(
+            f"Checkpoint metadata {file} is not valid JSON ({error}); the checkpoint was "
+            "damaged or written by something else. Save it again with save_checkpoint."
+        ) from error
     if not isinstance(raw, dict):
         raise ValueError(f"Checkpoint metadata {file} must hold a JSON object, got {raw!r}.")
     required = ("base_model", "renderer_name", "step")

@@ -185,7 +185,10 @@ def _import_object(spec: str) -> Any:
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(f"Cannot import {spec!r}: {exc}") from exc
+        raise ValueError(
+            f"Cannot import {spec!r}: {exc}. Name a module importable from the current "
+            "directory (or on PYTHONPATH) and an attribute it defines."
+        ) from exc
 
 
 @dataclass

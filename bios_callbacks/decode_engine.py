@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bios_callbacks.kv_cache import BatchCache
+from bios_callbacks.prefix_cache import PrefixCache, SharedPrefix
 from bios_callbacks.token_sampling import next_tokens
 from bios_callbacks.tokenizer_utils import pad_token_id
 from bios_callbacks.train_flags import evaluation_mode
@@ -159,6 +160,8 @@ class DecodeEngine:
             weights stay as they are and their cast copies are reused for a whole busy period.
         admit_window_s: when idle, how long to wait for more requests before starting, so that
             requests issued together (e.g. by `asyncio.gather`) start as one batch.
+        prefix_caching: prefill a prompt prefix shared by recent requests (a system prompt,
+            few-shot examples) once, and only the rest of each prompt (see `prefix_cache`).
     """
 
     def __init__(
@@ -171,6 +174,7 @@ class DecodeEngine:
         max_prefill_tokens: int = 8_192,
         compute_dtype: torch.dtype | None = None,
         admit_window_s: float = 0.005,
+        prefix_caching: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size}: expected at least 1.")
@@ -188,6 +192,7 @@ class DecodeEngine:
         forward_args = inspect.signature(_base_model(model).forward).parameters
         self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
         self._trim_logits = "logits_to_keep" in forward_args
+        self._prefixes = PrefixCache(self._encode_prefix) if prefix_caching else None
         self._queue: deque[Request] = deque()
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -237,6 +242,8 @@ class DecodeEngine:
                     return
                 self._idle.clear()
             time.sleep(self.admit_window_s)
+            if self._prefixes is not None:  # a live model's weights change while we are idle
+                self._prefixes.check_weights(self.model)
             try:
                 with torch.no_grad(), evaluation_mode(self.model), self._autocast():
                     self._serve_until_idle()
@@ -313,16 +320,25 @@ class DecodeEngine:
         return chunks
 
     def _prefill(self, requests: list[Request]) -> _Batch:
+        """Runs the prompts through the model (after a cached shared prefix, if any)."""
         device = self.device
-        width = max(len(r.prompt) for r in requests)
-        ids = torch.full((len(requests), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(requests), width), dtype=torch.long)
-        for row, request in enumerate(requests):
-            ids[row, width - len(request.prompt) :] = torch.tensor(request.prompt)
-            mask[row, width - len(request.prompt) :] = 1
+        prompts = [r.prompt for r in requests]
+        prefix = self._prefixes.find(prompts) if self._prefixes is not None else None
+        start = len(prefix.tokens) if prefix is not None else 0
+        width = max(len(p) for p in prompts) - start
+        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) + start :] = torch.tensor(prompt[start:])
+            mask[row, width - len(prompt) + start :] = 1
         ids, mask = ids.to(device), mask.to(device)
-        cache = BatchCache()
-        logits = self._forward(ids, mask, (mask.cumsum(1) - 1).clamp(min=0), cache, prefill=True)
+        if prefix is None:
+            cache = BatchCache()
+        else:  # rows hold [prefix][padding][rest of the prompt]; the mask skips the padding
+            cache = prefix.cache_for(len(prompts), headroom=width)
+            mask = torch.cat([mask.new_ones(len(prompts), start), mask], dim=1)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)[:, start:]
+        logits = self._forward(ids, mask, positions, cache, prefill=True)
 
         repeats = torch.tensor([r.num_samples for r in requests], device=device)
         if bool((repeats > 1).any()):
@@ -334,6 +350,14 @@ class DecodeEngine:
         batch = _Batch(seqs, cache, mask)
         self._advance(batch, logits)
         return batch
+
+    def _encode_prefix(self, tokens: list[int]) -> SharedPrefix:
+        ids = torch.tensor([tokens], device=self.device)
+        cache = BatchCache()
+        positions = torch.arange(len(tokens), device=self.device)[None]
+        self._forward(ids, torch.ones_like(ids), positions, cache, prefill=True)
+        return SharedPrefix(tuple(tokens), tuple(layer.keys for layer in cache.layers),
+                            tuple(layer.values for layer in cache.layers))
 
     def _decode_step(self, batch: _Batch) -> None:
         mask = torch.nn.functional.pad(batch.mask, (0, 1), value=1)

@@ -41,6 +41,7 @@ class SamplingClient:
         max_batch_size: int = 32,
         max_cache_tokens: int = 65_536,
         compute_dtype: torch.dtype | None = None,
+        prefix_caching: bool = True,
     ) -> SamplingClient:
         """A client over a live transformers causal LM, sharing its weights (no copy).
 
@@ -56,13 +57,17 @@ class SamplingClient:
             compute_dtype: decode under autocast to this dtype, e.g. `torch.bfloat16` (about
                 1.6x faster on CPUs with AVX512-BF16 or AMX, and on GPUs); the module's own
                 weights are not changed. None (default) computes in the weights' dtype.
+            prefix_caching: prefill a prompt prefix that recent requests share (a system
+                prompt, few-shot examples) once instead of per request. Results are the same
+                up to float rounding; turn it off to make each prompt's prefill independent.
 
         Example:
             >>> client = SamplingClient.from_module(                      # doctest: +SKIP
             ...     model, tokenizer, max_batch_size=64, compute_dtype=torch.bfloat16)
         """
         engine = DecodeEngine(model, tokenizer, max_batch_size=max_batch_size,
-                              max_cache_tokens=max_cache_tokens, compute_dtype=compute_dtype)
+                              max_cache_tokens=max_cache_tokens, compute_dtype=compute_dtype,
+                              prefix_caching=prefix_caching)
         return cls(engine, model_name=model_name)
 
     @property

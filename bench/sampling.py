@@ -10,6 +10,9 @@ Two workloads:
 
 The equal workload also runs transformers' own continuous batching (`generate_batch`), which
 this library does not use because it is slower than the padded call on these CPUs.
+
+Then a few-shot eval workload (every prompt opens with the same instructions and examples, short
+answers) with prefix caching on and off, and the dtype comparison.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ TOPICS = [
     "a space station", "autumn leaves",
 ]
 VARIED_LENGTHS = [8, 16, 32, 64, 128]
+FEW_SHOT = ("Answer with the capital city only.\nQ: France\nA: Paris\nQ: Japan\nA: Tokyo\n"
+            "Q: Kenya\nA: Nairobi\nQ: Peru\nA: Lima\nQ: Canada\nA: Ottawa\nQ: ")
+COUNTRIES = ["Italy", "Spain", "Egypt", "Chile", "India", "Norway", "Ghana", "Cuba"]
 
 
 def prompts(tokenizer, count: int) -> list[list[int]]:
@@ -162,7 +168,38 @@ def main() -> None:
             print(f"| {name:<24} | {tokens:6d} | {seconds:7.1f} | {rate[name]:8.1f} "
                   f"| {rate[name] / base:12.2f}x | {rate[name] / static:8.2f}x |")
     client.close()
+    compare_prefix_caching(model, tokenizer, args.prompts, args.repeats)
     compare_bfloat16(tokenizer, batch, [args.max_tokens] * len(batch), model)
+
+
+def compare_prefix_caching(model, tokenizer, count: int, repeats: int) -> None:
+    """Few-shot prompts, 8 new tokens each, requests arriving 8 at a time: prefix caching on vs
+    off, alternating runs, median of each."""
+    batch = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": FEW_SHOT + country + "\nA:"}],
+            add_generation_prompt=True, tokenize=True, return_dict=False)
+        for country in (COUNTRIES * (count // len(COUNTRIES) + 1))[:count]
+    ]
+    limits = [8] * len(batch)
+    waves = [slice(start, start + 8) for start in range(0, len(batch), 8)]
+    clients = {caching: SamplingClient.from_module(model, tokenizer, max_batch_size=len(batch),
+                                                   prefix_caching=caching)
+               for caching in (True, False)}
+    runs: dict[bool, list[tuple[int, float]]] = {True: [], False: []}
+    for _ in range(repeats):
+        for caching, client in clients.items():
+            results = [run_concurrent(client, batch[wave], limits[wave]) for wave in waves]
+            runs[caching].append((sum(r[0] for r in results), sum(r[1] for r in results)))
+    for client in clients.values():
+        client.close()
+    rate = {caching: tokens / seconds for caching, (tokens, seconds)
+            in ((c, _median_run(r)) for c, r in runs.items())}
+    shared = next(i for i, (a, b) in enumerate(zip(*batch[:2], strict=False)) if a != b)
+    print(f"\nfew-shot prompts ({len(batch[0])} tokens, {shared} shared), 8 new tokens, "
+          f"{len(batch)} requests in waves of 8:")
+    print(f"  prefix caching off {rate[False]:7.1f} tokens/s")
+    print(f"  prefix caching on  {rate[True]:7.1f} tokens/s  {rate[True] / rate[False]:.2f}x")
 
 
 def compare_bfloat16(tokenizer, batch, limits, model_fp32) -> None:

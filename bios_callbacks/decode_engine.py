@@ -162,6 +162,7 @@ class DecodeEngine:
             requests issued together (e.g. by `asyncio.gather`) start as one batch.
         prefix_caching: prefill a prompt prefix shared by recent requests (a system prompt,
             few-shot examples) once, and only the rest of each prompt (see `prefix_cache`).
+            Always off for sliding-window models.
     """
 
     def __init__(
@@ -192,7 +193,8 @@ class DecodeEngine:
         forward_args = inspect.signature(_base_model(model).forward).parameters
         self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
         self._trim_logits = "logits_to_keep" in forward_args
-        self._prefixes = PrefixCache(self._encode_prefix) if prefix_caching else None
+        caching = prefix_caching and not _uses_sliding_window(config)
+        self._prefixes = PrefixCache(self._encode_prefix) if caching else None
         self._queue: deque[Request] = deque()
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -398,6 +400,14 @@ def _base_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under a peft wrapper, if any."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
+
+
+def _uses_sliding_window(config) -> bool:
+    """Sliding windows count cache columns, so they would count the padding between a cached
+    prefix and the rest of a prompt as tokens."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text_config, "sliding_window", None)
+    return bool(window) and getattr(text_config, "use_sliding_window", True) is not False
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer) -> set[int]:

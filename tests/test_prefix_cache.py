@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 import torch
+from transformers import MistralConfig, MistralForCausalLM
 
 from bios_callbacks import types
 from bios_callbacks.prefix_cache import PrefixCache, SharedPrefix
@@ -83,6 +84,22 @@ def test_a_live_model_never_reuses_a_prefix_across_weight_updates(tiny_model, to
         after = [s.tokens for s in _sample_all(client, prompts)]
     with SamplingClient.from_module(tiny_model, tokenizer, prefix_caching=False) as fresh:
         assert after == [s.tokens for s in _sample_all(fresh, prompts)]
+
+
+def test_sliding_window_models_prefill_whole_prompts(tokenizer):
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           sliding_window=8, max_position_embeddings=512)
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config).eval()
+    prompts = _prompts(tokenizer, QUESTIONS[:3])
+    with SamplingClient.from_module(model, tokenizer) as client:  # prefix caching requested
+        _sample_all(client, prompts[:2])
+        results = _sample_all(client, prompts)
+    # A cached prefix would leave padding inside the window and change the answers.
+    for prompt, seq in zip(prompts, results, strict=True):
+        reference = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)
+        assert seq.tokens == reference[0, len(prompt):].tolist()
 
 
 def _fake_prefix(tokens: list[int]) -> SharedPrefix:

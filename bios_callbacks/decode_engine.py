@@ -13,7 +13,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import inspect
-import secrets
 import threading
 import time
 import weakref
@@ -41,12 +40,16 @@ _SEED_MASK = (1 << 63) - 1
 
 @dataclass
 class Request:
-    """One `sample` call: a prompt, how many samples, how to sample, where the answer goes."""
+    """One `sample` call: a prompt, how many samples, how to sample, where the answer goes.
+
+    `seed` seeds sample i with `seed + i * stride`: the params' seed, else one drawn by the caller.
+    """
 
     prompt: list[int]
     num_samples: int
     params: SamplingParams
     max_new_tokens: int
+    seed: int = 0
     future: Future = field(default_factory=Future)
     results: list[SampledSequence | None] = field(default_factory=list)
 
@@ -67,8 +70,7 @@ class _Sequence:
         self.stop_ids = stop_ids | set(params.stop_token_ids())
         self.stop_strings = params.stop_strings()
         self.window = max((len(s) for s in self.stop_strings), default=0) + 2
-        base_seed = secrets.randbits(63) if params.seed is None else params.seed
-        seed = (base_seed + index * _SEED_STRIDE) & _SEED_MASK
+        seed = (request.seed + index * _SEED_STRIDE) & _SEED_MASK
         self.generator = torch.Generator().manual_seed(seed)
         self.tokens: list[int] = []
         self.logprobs: list[float] = []

@@ -151,4 +151,13 @@ class SamplingClient:
                     "shorten the prompt (e.g. fewer few-shot examples) or truncate it."
                 )
             max_new = min(max_new, context - len(tokens))
-        return Request(tokens, num_samples, params, max_new)
+        return Request(tokens, num_samples, params, max_new, seed=_request_seed(params))
+
+
+def _request_seed(params: SamplingParams) -> int:
+    """The params' seed, else one from torch's global generator (greedy needs none)."""
+    if params.seed is not None:
+        return params.seed
+    if params.temperature == 0:
+        return 0
+    return int(torch.randint(0, 2**62, ()))

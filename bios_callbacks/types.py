@@ -62,7 +62,9 @@ class SamplingParams:
         temperature: 0 means greedy; otherwise logits are divided by it.
         top_p: nucleus sampling mass in (0, 1]; 1 disables it.
         top_k: keep the k most likely tokens; 0 or -1 disables it.
-        seed: same seed, same prompt, same weights -> same tokens.
+        seed: same seed, same prompt, same weights -> same tokens. Without one, a seed is drawn
+            from torch's global generator, so `torch.manual_seed` (or Lightning's
+            `seed_everything`) makes unseeded sampling reproducible too, as with `generate`.
         stop: strings, or token ids, that end a sequence (kept in the output).
 
     Example:

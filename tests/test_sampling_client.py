@@ -147,6 +147,17 @@ def test_seed_reproduces_and_samples_differ(client, tokenizer):
     assert [s.tokens for s in client.sample(prompt, 3, other).sequences] != first
 
 
+def test_unseeded_sampling_follows_torch_manual_seed(client, tokenizer):
+    prompt = _prompts(tokenizer, 1)[0]
+    unseeded = types.SamplingParams(max_tokens=8, temperature=1.0)
+    torch.manual_seed(11)
+    first = [s.tokens for s in client.sample(prompt, 3, unseeded).sequences]
+    later = [s.tokens for s in client.sample(prompt, 3, unseeded).sequences]
+    torch.manual_seed(11)
+    assert [s.tokens for s in client.sample(prompt, 3, unseeded).sequences] == first
+    assert later != first  # the global generator moved on
+
+
 def test_num_samples_greedy_are_identical(client, tokenizer):
     response = client.sample(_prompts(tokenizer, 1)[0], 4, GREEDY)
     assert len(response.sequences) == 4

@@ -1,15 +1,17 @@
 """Inspect throughput: the same task through our `bios/` provider and Inspect's `hf/` provider.
 
 Both run the embedded SmolLM2-135M-Instruct (hf/ loads the converted local cache, no download)
-on the same task and settings: 64 samples, greedy, max_tokens=128, 32 in flight
-(max_connections). Like most evals, the task mixes questions answered in a few words with ones
-answered at length, so answer lengths vary. The two providers run alternately (3 rounds by
-default; these machines are noisy) and the medians give samples/s of each and the ratio.
+on the same task and settings: 64 samples, greedy, 32 in flight (max_connections) and
+max_tokens=512 (the `bios/` provider's default; Inspect's own is 2048). Like most evals, the
+task mixes questions answered in a few words with ones answered at length, so answer lengths
+vary. The two providers run alternately (3 rounds by default; these machines are noisy) and the
+medians give samples/s of each and the ratio. A smaller max_tokens caps the long answers (the
+README's second row uses 128).
 
 It also prints the static-batch bound: the row-steps that batches of 32 padded to their longest
 answer compute, divided by the tokens actually generated. At equal forward speed per row, no
 scheduler can beat static batching by more than that on this task.
-`python -m bench.inspect_throughput [num_samples] [rounds]`
+`python -m bench.inspect_throughput [num_samples] [rounds] [max_tokens]`
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from inspect_ai.model import GenerateConfig, Model, get_model
 from inspect_ai.solver import generate
 
 from bios_callbacks.eval.inspect_runner import preserved_terminal
-from bios_callbacks.eval.inspect_utils import InspectAPIFromBiosSampling
+from bios_callbacks.eval.inspect_utils import DEFAULT_MAX_TOKENS, InspectAPIFromBiosSampling
 from bios_callbacks.model_loading import EMBEDDED_MODEL, ensure_embedded_cache
 from bios_callbacks.service_client import ServiceClient
 
@@ -35,7 +37,6 @@ QUESTIONS = [
     "Answer yes or no: is water wet? ({topic})",
     "Write a short paragraph about {topic}.",
 ]
-MAX_TOKENS = 128
 IN_FLIGHT = 32
 
 
@@ -64,8 +65,8 @@ def static_batch_bound(lengths: list[int], batch: int) -> float:
     return sum(len(g) * max(g) for g in groups) / sum(lengths)
 
 
-def main(n: int = 64, rounds: int = 3) -> None:
-    config = GenerateConfig(temperature=0.0, max_tokens=MAX_TOKENS, max_connections=IN_FLIGHT)
+def main(n: int = 64, rounds: int = 3, max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
+    config = GenerateConfig(temperature=0.0, max_tokens=max_tokens, max_connections=IN_FLIGHT)
     client = ServiceClient(max_batch_size=IN_FLIGHT).create_sampling_client(
         base_model=EMBEDDED_MODEL)
     providers = {
@@ -89,11 +90,11 @@ def main(n: int = 64, rounds: int = 3) -> None:
         runs = ", ".join(f"{v:.2f}" for v in values)
         print(f"{name:<6} provider: {median[name]:.2f} samples/s (median of {runs})")
     print(f"ratio: {median['bios/'] / median['hf/']:.2f}x  (target >= 2x; {n} samples, "
-          f"max_tokens={MAX_TOKENS}, {IN_FLIGHT} in flight)")
+          f"max_tokens={max_tokens}, {IN_FLIGHT} in flight)")
     answers = lengths["bios/"]  # hf/ reports its padded batch length for every sample
     print(f"static-batch bound: {static_batch_bound(answers, IN_FLIGHT):.2f}x  (answers of "
           f"{min(answers)}-{max(answers)} tokens, mean {statistics.mean(answers):.0f})")
 
 
 if __name__ == "__main__":
-    main(*(int(arg) for arg in sys.argv[1:3]))
+    main(*(int(arg) for arg in sys.argv[1:4]))

@@ -333,8 +333,9 @@ class DecodeEngine:
         ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) + start :] = torch.tensor(prompt[start:])
-            mask[row, width - len(prompt) + start :] = 1
+            rest = prompt[start:]
+            ids[row, width - len(rest) :] = torch.tensor(rest)
+            mask[row, width - len(rest) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         if prefix is None:
             cache = BatchCache()

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -100,6 +101,15 @@ class SamplingParams:
                 f"SamplingParams.top_k={self.top_k!r}: expected a positive integer, "
                 "or 0 / -1 to disable top-k."
             )
+        entries = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        for i, entry in enumerate(entries):
+            is_id = (isinstance(entry, numbers.Integral) and not isinstance(entry, bool)
+                     and entry >= 0)
+            if not (is_id or (isinstance(entry, str) and entry)):
+                raise ValueError(
+                    f"SamplingParams.stop[{i}]={entry!r}: expected a non-empty string or a "
+                    "token id (an int >= 0), e.g. stop=['\\n\\n'] or stop=[tokenizer.eos_token_id]."
+                )
 
     def stop_strings(self) -> list[str]:
         """The stop sequences given as strings."""

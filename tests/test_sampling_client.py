@@ -193,7 +193,9 @@ def test_bad_requests_name_the_problem(client, prompt, num_samples, message):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"max_tokens": 0}, "max_tokens=0"), ({"temperature": -1.0}, "temperature=-1.0"),
-     ({"top_p": 0.0}, "top_p=0.0"), ({"top_k": -5}, "top_k=-5")],
+     ({"top_p": 0.0}, "top_p=0.0"), ({"top_k": -5}, "top_k=-5"),
+     ({"stop": ["ok", None]}, r"stop\[1\]=None"), ({"stop": ""}, r"stop\[0\]=''"),
+     ({"stop": [1.5]}, r"stop\[0\]=1.5")],
 )
 def test_bad_sampling_params_name_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -19,7 +19,8 @@ import sys
 import time
 
 from bios_callbacks.eval_results import RESULTS_FILE_NAME, read_records
-from trainers.config import EMBEDDED_MODEL, SFTConfig
+from bios_callbacks.model_loading import EMBEDDED_MODEL
+from trainers.config import SFTConfig
 
 TRAIN_CAPITALS = [
     ("Portugal", "Lisbon"),

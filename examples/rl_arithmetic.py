@@ -15,8 +15,9 @@ import re
 import statistics
 import sys
 
+from bios_callbacks.model_loading import EMBEDDED_MODEL
 from examples.demo import summarize
-from trainers.config import EMBEDDED_MODEL, RLConfig
+from trainers.config import RLConfig
 
 
 def questions(pairs: list[tuple[int, int]]) -> list[dict]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import sys
 
+from bios_callbacks.model_loading import EMBEDDED_MODEL
 from examples.demo import TEST_CAPITALS, TRAIN_CAPITALS, capitals_task, conversation, format_eval
-from trainers.config import EMBEDDED_MODEL, SFTConfig
+from trainers.config import SFTConfig
 
 
 def eval_builder_1():

@@ -132,3 +132,16 @@ def test_command_line_reports_bad_keys_without_a_traceback():
     assert "Unknown SFTConfig key(s) ['batchsize']" in result.stdout
     assert "batch_size" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_default_run_dir_is_where_bios_uris_look(tmp_path, monkeypatch):
+    from bios_callbacks.checkpoints import checkpoint_dir
+    from trainers.checkpointing import checkpoint_uri
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", "~/ckroot")
+    cfg = SFTConfig(run_name="r", train_data=[{"messages": [{"role": "user", "content": "hi"}]}])
+    assert cfg.run_dir == tmp_path / "ckroot" / "r"
+    saved = cfg.run_dir / "checkpoints" / "step_000001"
+    assert checkpoint_uri(saved) == "bios://r/step_000001"
+    assert checkpoint_dir("bios://r/step_000001") == saved

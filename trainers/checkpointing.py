@@ -19,7 +19,9 @@ from typing import Any
 
 import lightning as L
 
-from trainers.config import TrainConfig, checkpoint_root
+from bios_callbacks.checkpoints import checkpoint_root
+from bios_callbacks.model_loading import BIOS_URI_PREFIX
+from trainers.config import TrainConfig
 
 TRAINER_STATE = "trainer_state.ckpt"
 
@@ -29,7 +31,7 @@ def checkpoint_uri(path: str | Path) -> str:
     path = Path(path).resolve()
     root = checkpoint_root().resolve()
     if path.parent.name == "checkpoints" and path.parent.parent.parent == root:
-        return f"bios://{path.parent.parent.name}/{path.name}"
+        return f"{BIOS_URI_PREFIX}{path.parent.parent.name}/{path.name}"
     return str(path)
 
 

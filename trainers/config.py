@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-EMBEDDED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+from bios_callbacks.checkpoints import checkpoint_root
+from bios_callbacks.model_loading import EMBEDDED_MODEL
 
 C = TypeVar("C", bound="TrainConfig")
 
@@ -144,11 +144,6 @@ class TrainConfig:
     def run_dir(self) -> Path:
         """The run directory (same as `log_dir`)."""
         return Path(str(self.log_dir))
-
-
-def checkpoint_root() -> Path:
-    """Where `bios://<run>/<name>` paths live: `$BIOS_CHECKPOINT_ROOT`, default `./runs`."""
-    return Path(os.environ.get("BIOS_CHECKPOINT_ROOT", "runs"))
 
 
 def _check_int(cfg: TrainConfig, name: str, *, minimum: int, hint: str = "") -> None:

@@ -195,9 +195,11 @@ def read_checkpoint_metadata(path_or_uri: str | os.PathLike[str]) -> CheckpointM
 
 
 def load_checkpoint(
-    path_or_uri: str | os.PathLike[str], *, dtype: torch.dtype | None = None
+    path_or_uri: str | os.PathLike[str], *, dtype: torch.dtype | None = None,
+    trainable: bool = False,
 ) -> tuple[Any, Any]:
-    """Load `(model, tokenizer)` from a checkpoint; a LoRA checkpoint gives a peft `PeftModel`.
+    """Load `(model, tokenizer)` from a checkpoint; a LoRA checkpoint gives a peft `PeftModel`
+    (its adapter trainable only with `trainable=True`, for training it further).
 
     Prefer `bios_callbacks.model_loading.load_model`, which also takes hub ids and directories.
     """
@@ -214,7 +216,7 @@ def load_checkpoint(
         from bios_callbacks.model_loading import load_model
 
         base, _ = load_model(metadata.base_model, dtype=dtype)
-        model = PeftModel.from_pretrained(base, path)
+        model = PeftModel.from_pretrained(base, path, is_trainable=trainable)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     return model.eval(), tokenizer

@@ -184,6 +184,15 @@ def test_lora_run_saves_an_adapter_that_reloads(tiny_model, tokenizer, root, tmp
     trainable = [n for n, p in longer.module.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
 
+    # a new run can start from the checkpoint: its adapter trains on, in its own chat format
+    fresh = {**cfg.__dict__, "model_name": result.checkpoint, "renderer_name": None,
+             "lora_rank": 0, "steps": 1, "run_name": "sft-from-lora", "log_dir": None}
+    started = train(SFTConfig(**fresh))
+    trainable = [n for n, p in started.module.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    meta = read_checkpoint_metadata(started.checkpoint)
+    assert (meta.renderer_name, meta.base_model) == ("chatml", str(base_dir))
+
 
 def test_a_batch_too_large_for_memory_says_so():
     cfg = SFTConfig(train_data=TRAIN, batch_size=64, max_length=4096, run_name="t")

@@ -29,34 +29,45 @@ def load_policy(
     """Loads the model to train; returns (model, tokenizer, renderer_name, base_model).
 
     A `model` and `tokenizer` passed in are used instead of loading `cfg.model_name`.
-    With `resume_from`, the weights (or LoRA adapter) come from that checkpoint and the base
-    model and renderer from its metadata.
+    A checkpoint (as `resume_from`, or as `model_name` to start a new run from it) gives the
+    weights or LoRA adapter to train further; the base model and renderer come from its metadata.
     """
-    from bios_callbacks.model_loading import load_model
+    from bios_callbacks.checkpoints import load_checkpoint, read_checkpoint_metadata
+    from bios_callbacks.model_loading import is_checkpoint_ref, load_model
     from bios_callbacks.renderers import default_renderer_name
 
-    base_model, renderer_name = cfg.model_name, cfg.renderer_name
     if cfg.resume_from:
-        from bios_callbacks.checkpoints import read_checkpoint_metadata, resolve_model_path
-
-        path = resolve_model_path(cfg.resume_from)
-        meta = read_checkpoint_metadata(path)
+        trainer_state(cfg)  # fails before any loading if the optimizer state is gone
+    elif (model is None) != (tokenizer is None):
+        raise ValueError("Pass both model= and tokenizer=, or neither to load cfg.model_name.")
+    source = cfg.resume_from or cfg.model_name
+    base_model, renderer_name = cfg.model_name, cfg.renderer_name
+    if (cfg.resume_from or model is None) and is_checkpoint_ref(source):
+        meta = read_checkpoint_metadata(source)
         base_model, renderer_name = meta.base_model, renderer_name or meta.renderer_name
-        if meta.weights == "lora":  # train the saved adapter further
-            from peft import PeftModel
-
-            model, tokenizer = load_model(base_model)
-            model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
-        else:
-            model, tokenizer = load_model(str(path))
+        model, tokenizer = load_checkpoint(source, trainable=True)
+        if cfg.lora_rank and not cfg.resume_from and meta.weights != "lora":
+            model = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     else:
-        if (model is None) != (tokenizer is None):
-            raise ValueError("Pass both model= and tokenizer=, or neither to load cfg.model_name.")
         if model is None:
             model, tokenizer = load_model(cfg.model_name)
         if cfg.lora_rank:
             model = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     return model, tokenizer, renderer_name or default_renderer_name(base_model), base_model
+
+
+def trainer_state(cfg: TrainConfig) -> Path:
+    """The optimizer and loop state saved with `cfg.resume_from`; says what to do if it is gone."""
+    from bios_callbacks.checkpoints import resolve_model_path
+
+    state = resolve_model_path(cfg.resume_from) / TRAINER_STATE
+    if not state.exists():
+        raise FileNotFoundError(
+            f"resume_from={cfg.resume_from!r} has no {TRAINER_STATE} (the optimizer state "
+            "is kept only in the newest keep_trainer_states checkpoints). Resume from the "
+            "run's latest checkpoint, or start a new run with model_name= set to this one."
+        )
+    return state
 
 
 def add_lora(model: torch.nn.Module, rank: int, alpha: float) -> torch.nn.Module:
@@ -178,17 +189,7 @@ def fit(
     trainer = build_trainer(
         cfg, base_model=base_model, renderer_name=renderer_name, callbacks=callbacks
     )
-    resume = None
-    if cfg.resume_from:
-        from bios_callbacks.checkpoints import resolve_model_path
-
-        resume = resolve_model_path(cfg.resume_from) / TRAINER_STATE
-        if not resume.exists():
-            raise FileNotFoundError(
-                f"resume_from={cfg.resume_from!r} has no {TRAINER_STATE} (the optimizer state "
-                "is kept only in the newest keep_trainer_states checkpoints). Resume from the "
-                "run's latest checkpoint, or start a new run with model_name= set to this one."
-            )
+    resume = trainer_state(cfg) if cfg.resume_from else None
     trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
 
     saver = next(cb for cb in trainer.callbacks if isinstance(cb, CheckpointSaver))

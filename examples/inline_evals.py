@@ -23,6 +23,7 @@ from bios_callbacks.callback import EvalCallback
 from bios_callbacks.evaluators import NLLEvaluator, QAEvaluator
 from bios_callbacks.model_loading import EMBEDDED_MODEL, load_model
 from bios_callbacks.renderers import get_renderer
+from bios_callbacks.tokenizer_utils import pad_token_id
 
 
 def chat(question: str, answer: str) -> list[dict[str, str]]:
@@ -116,7 +117,7 @@ def main() -> None:
         train,
         batch_size=4,
         shuffle=True,
-        collate_fn=functools.partial(collate, pad_id=tokenizer.pad_token_id or 0),
+        collate_fn=functools.partial(collate, pad_id=pad_token_id(tokenizer)),
     )
     trainer.fit(ChatSFT(model, tokenizer), loader)
     print(f"latest eval results (step {callback.latest.step}): {callback.latest.metrics}")

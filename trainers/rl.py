@@ -9,7 +9,7 @@ log-probability of token t and p the trainer's (equal in value, but p carries th
 
 Command line:
     python -m trainers.rl train_data=prompts.jsonl reward_fn=examples.rl_arithmetic:reward \
-        steps=20 group_size=8 eval_every=5 evaluator_builders=examples.rl_arithmetic:eval_builder
+        steps=20 group_size=8 eval_every=5 evaluator_builders=examples.rl_arithmetic:accuracy_eval
 
 Python:
     >>> from trainers.rl import RLConfig, train

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from bios_callbacks.tokenizer_utils import pad_token_id
+from bios_callbacks.train_flags import evaluation_mode
 from trainers import data
 from trainers.cli import run_cli
 from trainers.config import SFTConfig
@@ -76,8 +77,9 @@ class SFTModule(PolicyModule):
         loss = total / weight
         now = time.perf_counter()
         seconds, self.step_started = now - self.step_started, now
-        self.log_metrics({"train/loss": loss.item(), "time/step_s": seconds}, step=step)
-        print(f"step {step}: train loss {loss.item():.4f} ({seconds:.2f}s)", flush=True)
+        value = loss.item()
+        self.log_metrics({"train/loss": value, "time/step_s": seconds}, step=step)
+        print(f"step {step}: train loss {value:.4f} ({seconds:.2f}s)", flush=True)
         return loss
 
     def finish_training(self) -> None:
@@ -90,18 +92,17 @@ class SFTModule(PolicyModule):
         step = self.global_step
         if not self.test_batches or step == self.last_tested:
             return None
-        was_training = self.model.training
-        self.model.eval()
         total = weight = 0.0
-        for batch in self.test_batches:
-            t, w = weighted_loss(self.model, {k: v.to(self.device) for k, v in batch.items()})
-            total, weight = total + t.item(), weight + w.item()
-        self.model.train(was_training)
+        with evaluation_mode(self.model):  # restores every submodule's own training flag
+            for batch in self.test_batches:
+                t, w = weighted_loss(self.model, {k: v.to(self.device) for k, v in batch.items()})
+                total, weight = total + t, weight + w
+        loss = float(total / weight)
         self.last_tested = step
-        self.test_losses[step] = total / weight
-        self.log_metrics({"test/loss": total / weight}, step=step)
-        print(f"step {step}: test loss {total / weight:.4f}", flush=True)
-        return total / weight
+        self.test_losses[step] = loss
+        self.log_metrics({"test/loss": loss}, step=step)
+        print(f"step {step}: test loss {loss:.4f}", flush=True)
+        return loss
 
 
 def train(

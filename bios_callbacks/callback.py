@@ -63,7 +63,8 @@ class EvalCallback(Callback):
             ``eval_every`` steps (0 disables them).
         infrequent_evaluator_builders: the expensive ones, every ``infrequent_eval_every``.
         eval_on_checkpoint: before a checkpoint is saved at a step not yet evaluated, run both
-            lists, so every checkpoint carries results.
+            lists, so every checkpoint carries results (and a step-based ``ModelCheckpoint``
+            monitoring an eval metric ranks each checkpoint by its own step's value).
         evaluator_timeout_s: a per-evaluator limit in seconds (None: no limit); an evaluator
             past it is reported as failed. Only evaluators that await can be interrupted.
         fail_fast: re-raise the first evaluator failure instead of reporting it.
@@ -180,6 +181,9 @@ class EvalCallback(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
+        if self.eval_on_checkpoint and self._clients is not None and _step_checkpoint_due(trainer):
+            # ModelCheckpoint runs after us and reads its monitor before saving: evaluate now.
+            self._evaluate(trainer, pl_module, self._not_evaluated_at(trainer.global_step))
         self._maybe_evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -426,3 +430,15 @@ def _preserved_state(module: torch.nn.Module) -> Iterator[None]:
         torch.set_rng_state(torch_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def _step_checkpoint_due(trainer: pl.Trainer) -> bool:
+    """True when a `ModelCheckpoint(every_n_train_steps=N)` saves after this batch."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    step = trainer.global_step
+    return any(
+        isinstance(cb, ModelCheckpoint) and cb._every_n_train_steps > 0
+        and step % cb._every_n_train_steps == 0
+        for cb in trainer.checkpoint_callbacks
+    )

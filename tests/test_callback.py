@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,7 +185,11 @@ def test_results_file_checkpoints_and_monitor(tmp_path, tiny_model, tokenizer):
         saved = torch.load(path, weights_only=False)
         assert saved["eval_results"]["step"] == saved["global_step"]
         assert "eval/nll/loss" in saved["eval_results"]["metrics"]
-    assert checkpoints.best_model_score is not None
+    # each checkpoint is ranked by the loss of its own step, not the previous round's
+    losses = dict(scalars(trainer.log_dir)["eval/nll/loss"])
+    ranked = {Path(k).name: v.item() for k, v in checkpoints.best_k_models.items()}
+    assert ranked == {"epoch=0-step=3.ckpt": pytest.approx(losses[3]),
+                      "epoch=0-step=6.ckpt": pytest.approx(losses[6])}
     assert "eval/nll/loss" in trainer.callback_metrics
 
 

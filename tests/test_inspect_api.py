@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
 from inspect_ai import Task, eval
 from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import (
@@ -163,6 +164,15 @@ def test_bios_provider_loads_a_checkpoint_by_path(tiny_model, tokenizer, tmp_pat
         assert model.api.renderer_name == "chatml"  # from the checkpoint's metadata
         output = asyncio.run(model.generate("Hi", config=GenerateConfig(max_tokens=3)))
         assert output.usage.output_tokens == 3
+    finally:
+        model.api.close()
+
+    # Inspect's max_connections sizes the batch; -M dtype= picks the weights' dtype
+    model = get_model(f"bios/{path}", config=GenerateConfig(max_connections=5),
+                      dtype="bfloat16", memoize=False)
+    try:
+        assert model.api.sampling_client.max_batch_size == 5
+        assert next(model.api.sampling_client.model.parameters()).dtype == torch.bfloat16
     finally:
         model.api.close()
 

@@ -60,7 +60,10 @@ class InspectAPIFromBiosSampling(ModelAPI):
             to load a sampling client when `sampling_client` is not given.
         sampling_client: the client to sample with (shares the weights it was made from).
         verbose: log every prompt and response at INFO level.
-        config: Inspect's generation settings (passed by `get_model`).
+        dtype: weights' dtype when the provider loads the model itself ("float32" or
+            "bfloat16"; `-M dtype=bfloat16`).
+        config: Inspect's generation settings (passed by `get_model`); when the provider loads
+            the model itself, `max_connections` (default 32) is also its batch size.
 
     `GenerateConfig` maps as follows: `temperature` (default 0: greedy), `max_tokens` (default
     512), `top_p`, `top_k`, `seed`, `num_choices` (samples per prompt) and `stop_seqs` (added to
@@ -79,6 +82,7 @@ class InspectAPIFromBiosSampling(ModelAPI):
         renderer_name: str | None = None,
         sampling_client: Any = None,
         verbose: bool = False,
+        dtype: str = "float32",
         base_url: str | None = None,
         api_key: str | None = None,
         config: GenerateConfig = GenerateConfig(),  # noqa: B008 (Inspect's own signature)
@@ -88,16 +92,17 @@ class InspectAPIFromBiosSampling(ModelAPI):
         if model_args:
             raise TypeError(
                 f"Unknown model argument(s) for the bios provider: {sorted(model_args)}; "
-                "valid ones are renderer_name, sampling_client and verbose "
-                "(e.g. -M renderer_name=chatml)."
+                "valid ones are renderer_name, sampling_client, verbose and dtype "
+                "(e.g. -M renderer_name=chatml -M dtype=bfloat16)."
             )
         self._owns_client = sampling_client is None
         if sampling_client is None and api_key == MODEL_INFO_LOOKUP_API_KEY:
             # Inspect instantiates providers by name just to look up model facts: load nothing.
             self._owns_client = False
             return
-        if sampling_client is None:
-            sampling_client, default_renderer = _client_for(model_name)
+        if sampling_client is None:  # batch as many samples as Inspect keeps in flight
+            batch = config.max_connections or DEFAULT_MAX_CONNECTIONS
+            sampling_client, default_renderer = _client_for(model_name, batch, dtype)
             renderer_name = renderer_name or default_renderer
         if renderer_name is None:
             from bios_callbacks.renderers import default_renderer_name
@@ -230,7 +235,7 @@ def _strip_stop_string(text: str, stop_seqs: list[str]) -> str:
     return text[: min(cuts)] if cuts else text
 
 
-def _client_for(model_name: str) -> tuple[Any, str | None]:
+def _client_for(model_name: str, max_batch_size: int, dtype: str) -> tuple[Any, str | None]:
     """A sampling client for a hub id, local directory, checkpoint or `bios://` URI.
 
     Returns the client and the renderer recorded in the checkpoint (None for base models).
@@ -238,7 +243,7 @@ def _client_for(model_name: str) -> tuple[Any, str | None]:
     from bios_callbacks.model_loading import is_checkpoint_ref
     from bios_callbacks.service_client import ServiceClient
 
-    service = ServiceClient()
+    service = ServiceClient(max_batch_size=max_batch_size, dtype=dtype)
     if is_checkpoint_ref(model_name):
         from bios_callbacks.checkpoints import read_checkpoint_metadata, resolve_model_path
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import lightning as L
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -100,3 +101,32 @@ def test_rl_run_logs_metrics_evaluates_and_checkpoints(
     assert meta.step == 4
     assert "train/reward_mean" in meta.eval_results
     assert "eval/MeanLength/tokens" in meta.eval_results
+
+
+class WeightsAtStep(L.Callback):
+    """Copies the weights at the start of the given step."""
+
+    def __init__(self, step: int):
+        self.step, self.weights = step, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            self.weights = {n: p.detach().clone() for n, p in pl_module.model.named_parameters()}
+
+
+def test_iterations_without_a_reward_spread_leave_the_weights_alone(tiny_model, tokenizer,
+                                                                    tmp_path, monkeypatch):
+    monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", str(tmp_path))
+    calls = []
+
+    def spread_only_at_first(response, datum):  # iteration 0 learns, later ones have no signal
+        calls.append(response)
+        return float(len(calls) % 2) if len(calls) <= 4 else 1.0
+
+    cfg = RLConfig(train_data=PROMPTS, reward_fn=spread_only_at_first, steps=3, batch_size=2,
+                   group_size=2, max_tokens=2, learning_rate=1e-2, run_name="rl-flat")
+    after_first = WeightsAtStep(1)
+    result = train(cfg, model=tiny_model, tokenizer=tokenizer, callbacks=[after_first])
+    assert read_checkpoint_metadata(result.checkpoint).step == 3  # the steps still count
+    for name, param in tiny_model.named_parameters():
+        assert torch.equal(param, after_first.weights[name]), name

@@ -99,6 +99,7 @@ class RLModule(PolicyModule):
         self.renderer = renderer
         self.client: Any = None
         self.reward_history: list[float] = []
+        self._no_signal = False
 
     def on_fit_start(self) -> None:
         from bios_callbacks.sampling_client import SamplingClient
@@ -130,6 +131,13 @@ class RLModule(PolicyModule):
                 for prompt in prompts
             )
         )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Without a learning signal the weights must not move: zero grads would still let
+        AdamW's momentum and weight decay change them. Gradients of None are skipped, while
+        the step still counts (one iteration, one step)."""
+        if self._no_signal:
+            optimizer.zero_grad(set_to_none=True)
 
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
         from bios_callbacks.run_sync import run_sync
@@ -164,8 +172,9 @@ class RLModule(PolicyModule):
                 loss, kl = policy_gradient_loss(
                     self.model, rollouts, self.cfg.temperature, pad_token_id(self.tokenizer)
                 )
-            else:  # no group had a reward spread: nothing to learn from, step with zero grads
+            else:  # no group had a reward spread: nothing to learn from (see below)
                 loss = sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+            self._no_signal = not rollouts
         except (RuntimeError, torch.OutOfMemoryError) as exc:
             raise explain_out_of_memory(exc, self.cfg) from exc
         finished = time.perf_counter()

@@ -46,6 +46,11 @@ def test_bad_key_names_the_valid_keys():
     with pytest.raises(UsageError, match=r"dtype='fp8': expected one of \['float32', 'bfloat16'\]"):
         parse_args(["model_name=m", "tasks=a.py@t", "dtype=fp8"])
     assert main(["tasks=a.py@t", "model_nme=m"]) == 2
+    with pytest.raises(UsageError, match=r"renderer_name='chatm': expected one of \[.*'chatml'"):
+        parse_args(["model_name=m", "tasks=a.py@t", "renderer_name=chatm"])
+    with pytest.raises(UsageError, match="max_connections=0: expected an integer >= 1"):
+        parse_args(["model_name=m", "tasks=a.py@t", "max_connections=0"])
+    assert main(["tasks=no_such_task", f"model_name={EMBEDDED_MODEL}"]) == 2
 
 
 def test_unknown_task_says_how_tasks_are_named():

@@ -14,7 +14,8 @@ log_dir (Inspect logs; default <checkpoint>/evals/logs or ./inspect_logs), dtype
 float32, the default, or bfloat16, about 1.8x faster on CPUs with AVX512-BF16 and on GPUs).
 
 Prints a metrics table, writes `evals/<task>.json` in the checkpoint directory (or in log_dir for
-a base model) and exits 1 when a task fails, 2 on bad arguments.
+a base model) and exits 1 when a task fails, 2 on bad arguments (checked before the model loads;
+an unknown task too).
 """
 
 from __future__ import annotations
@@ -89,6 +90,20 @@ def parse_args(argv: list[str]) -> EvalArgs:
         raise UsageError("Missing tasks=...: e.g. tasks=inspect_evals/ifeval,my_tasks.py@qa.")
     if not values.get("model_path") and not values.get("model_name"):
         raise UsageError("Give model_path=<checkpoint dir or bios://run/name> or model_name=...")
+    for key in ("limit", "max_tokens", "max_connections"):
+        if values.get(key) is not None and values[key] < 1:
+            raise UsageError(f"{key}={values[key]}: expected an integer >= 1.")
+    if values.get("temperature", 0.0) < 0:
+        raise UsageError(f"temperature={values['temperature']}: expected >= 0 (0 is greedy).")
+    renderer = values.get("renderer_name")
+    if renderer is not None:
+        from bios_callbacks.renderers import renderer_names
+
+        if renderer not in renderer_names():
+            raise UsageError(
+                f"renderer_name={renderer!r}: expected one of {renderer_names()}, or omit it "
+                "to use the checkpoint's (else the model's default)."
+            )
     return EvalArgs(**values)
 
 
@@ -141,10 +156,9 @@ def run(args: EvalArgs) -> int:
     results_dir.mkdir(parents=True, exist_ok=True)
     for task, result in zip(tasks, results, strict=True):
         record = {
-            "task": task.name,
             "model_path": args.model_path,
             "model_name": model_name,
-            "renderer_name": renderer_name,
+            "renderer_name": api.renderer_name,
             "step": step,
             **dataclasses.asdict(result),
         }
@@ -179,8 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"error: {error}\n\n{USAGE}", file=sys.stderr)
         return 2
+    from bios_callbacks.eval.inspect_tasks import TaskNotFoundError
+
     try:
         return run(args)
+    except TaskNotFoundError as error:  # a bad tasks= value is a bad argument
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except Exception as error:  # a clear one-line reason, not a traceback, for the user
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

@@ -96,9 +96,7 @@ class RoundOutcome:
 
 
 def _as_float(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, numbers.Real):
+    if isinstance(value, numbers.Real):  # bool included
         return float(value)
     item = getattr(value, "item", None)
     if callable(item) and getattr(value, "ndim", 0) == 0:
@@ -114,7 +112,8 @@ def _record_values(outcome: RoundOutcome, slot: EvaluatorSlot, result: Any) -> N
         outcome.fail(
             slot.name,
             "invalid_value",
-            f"returned {type(result).__name__}, expected dict[str, float]",
+            f"returned {type(result).__name__}, expected dict[str, float]: return e.g. "
+            "{'accuracy': 0.5} from __call__",
             None,
         )
         return
@@ -129,9 +128,7 @@ def _record_values(outcome: RoundOutcome, slot: EvaluatorSlot, result: Any) -> N
             outcome.fail(slot.name, "duplicate_key", f"{full_key} already set this round", None)
         else:
             outcome.metrics[full_key] = number
-    transcripts = (
-        list(slot.evaluator.transcripts()) if hasattr(slot.evaluator, "transcripts") else []
-    )
+    transcripts = list(slot.evaluator.transcripts())
     if transcripts:
         outcome.transcripts[slot.name] = transcripts
 
@@ -146,8 +143,8 @@ async def run_round(
 ) -> RoundOutcome:
     """Runs every slot's evaluator concurrently; a failing one never stops the others.
 
-    Evaluators with a ``set_run_context(**context)`` method (e.g. the Inspect evaluator, which
-    writes its logs under the run's directory tagged with the step) get ``context`` first.
+    Each evaluator's ``set_run_context(**context)`` is called first (the Inspect evaluator
+    writes its logs under the run's directory, tagged with the step).
     ``on_done(name, seconds, ok)`` is called as each evaluator finishes (for progress output).
     """
     outcome = RoundOutcome()
@@ -162,16 +159,16 @@ async def run_round(
             on_done(slot.name, time.perf_counter() - start, ok)
             return
         try:
-            set_context = getattr(slot.evaluator, "set_run_context", None)
-            if context and callable(set_context):
-                set_context(**context)
+            if context:
+                slot.evaluator.set_run_context(**context)
             if isinstance(slot.evaluator, SamplingClientEvaluator):
                 client = clients.sampling()
             else:
                 client = clients.training()
             result = await asyncio.wait_for(slot.evaluator(client), timeout_s)
         except asyncio.TimeoutError as error:
-            outcome.fail(slot.name, "timeout", f"took longer than {timeout_s}s", error)
+            outcome.fail(slot.name, "timeout", f"took longer than {timeout_s}s: raise "
+                         "evaluator_timeout_s or make the evaluator smaller", error)
         except Exception as error:
             outcome.fail(slot.name, "exception", repr(error), error)
         else:

@@ -39,6 +39,10 @@ class _EvaluatorHooks:
         """(prompt, response) pairs from the latest call, for TensorBoard text."""
         return ()
 
+    def set_run_context(self, *, log_dir: str | None = None, step: int | None = None) -> None:
+        """Called before each round with the run's log directory and the step being evaluated
+        (e.g. to write the evaluator's own logs there). Ignored by default."""
+
 
 class SamplingClientEvaluator(_EvaluatorHooks, ABC):
     """Evaluates a model through a sampling client (generation).

@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 
 LISTS = ("regular", "infrequent")
 CHECKPOINT_KEY = "eval_results"
-MAX_TRANSCRIPTS = 3
 
 
 class EvalCallback(Callback):
@@ -344,7 +343,7 @@ class EvalCallback(Callback):
             for name, pairs in outcome.transcripts.items():
                 text = "\n\n---\n\n".join(
                     f"**prompt:** {prompt}\n\n**response:** {response}"
-                    for prompt, response in pairs[:MAX_TRANSCRIPTS]
+                    for prompt, response in pairs
                 )
                 add_text(f"eval/{name}/samples", text, global_step=record.step)
 

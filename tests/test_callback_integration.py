@@ -35,6 +35,19 @@ def test_sampling_evaluator_logs_accuracy_and_transcripts(tmp_path, tiny_model, 
     assert "What is the capital of France?" in text
 
 
+def test_an_evaluator_chooses_how_many_transcripts_are_logged(tmp_path, tiny_model, tokenizer):
+    questions = [{"input": f"Question {i}?", "target": "x"} for i in range(5)]
+    callback = EvalCallback([lambda: QAEvaluator(questions, lambda r, t: False, max_tokens=2,
+                                                 renderer_name="chatml", num_transcripts=5)])
+    trainer = make_trainer(tmp_path, [callback], max_steps=1)
+    trainer.fit(TinyLM(tiny_model, tokenizer), token_loader())
+    events = EventAccumulator(trainer.log_dir)
+    events.Reload()
+    [tag] = [t for t in events.Tags()["tensors"] if t.startswith("eval/qa/samples")]
+    text = events.Tensors(tag)[0].tensor_proto.string_val[0].decode()
+    assert all(f"Question {i}?" in text for i in range(5))
+
+
 def test_progress_lines_go_through_the_progress_bar(tmp_path, tiny_model, tokenizer, capsys):
     callback = EvalCallback(evaluator_builders=[functools.partial(NLLEvaluator, [[1, 2, 3]])])
     trainer = make_trainer(tmp_path, [callback], max_steps=1, enable_progress_bar=True)

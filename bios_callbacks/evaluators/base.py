@@ -36,7 +36,8 @@ class _EvaluatorHooks:
         return ()
 
     def transcripts(self) -> Sequence[tuple[str, str]]:
-        """(prompt, response) pairs from the latest call, for TensorBoard text."""
+        """(prompt, response) pairs from the latest call, all logged as TensorBoard text:
+        return a few (e.g. `QAEvaluator(num_transcripts=3)`)."""
         return ()
 
     def set_run_context(self, *, log_dir: str | None = None, step: int | None = None) -> None:

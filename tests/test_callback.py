@@ -26,28 +26,35 @@ def nll_builder(examples=HELD_OUT, **kwargs):
     return functools.partial(NLLEvaluator, examples, **kwargs)
 
 
-def fit(tmp_path, tiny_model, tokenizer, callback, *, max_steps, extra_callbacks=(), **kwargs):
+def fit(tmp_path, tiny_model, tokenizer, callback, *, max_steps, extra_callbacks=(),
+        ckpt_path=None, **kwargs):
     module = TinyLM(tiny_model, tokenizer)
     trainer = make_trainer(tmp_path, [callback, *extra_callbacks], max_steps=max_steps, **kwargs)
-    trainer.fit(module, token_loader(), ckpt_path=kwargs.pop("ckpt_path", None))
+    trainer.fit(module, token_loader(), ckpt_path=ckpt_path)
     return trainer, module
 
 
-def test_schedule_zero_multiples_and_final_step(tmp_path, tiny_model, tokenizer):
+@pytest.mark.parametrize(
+    ("every", "slow_every", "max_steps", "regular", "slow"),
+    [(3, 5, 7, [0, 3, 6, 7], [0, 5, 7]), (0, 2, 3, [], [0, 2, 3])],
+    ids=["multiples_and_final_step", "interval_zero_disables_a_list"],
+)
+def test_schedule(tmp_path, tiny_model, tokenizer, every, slow_every, max_steps, regular, slow):
     callback = EvalCallback(
         evaluator_builders=[nll_builder()],
-        eval_every=3,
+        eval_every=every,
         infrequent_evaluator_builders=[nll_builder(name="slow")],
-        infrequent_eval_every=5,
+        infrequent_eval_every=slow_every,
     )
-    trainer, _ = fit(tmp_path, tiny_model, tokenizer, callback, max_steps=7)
-    assert trainer.global_step == 7
-    assert steps(trainer.log_dir, "eval/nll/loss") == [0, 3, 6, 7]
-    assert steps(trainer.log_dir, "eval/slow/loss") == [0, 5, 7]
+    trainer, _ = fit(tmp_path, tiny_model, tokenizer, callback, max_steps=max_steps)
+    assert trainer.global_step == max_steps
+    tags = scalars(trainer.log_dir)
+    assert [s for s, _ in tags.get("eval/nll/loss", [])] == regular
+    assert steps(trainer.log_dir, "eval/slow/loss") == slow
     # one round per step, even when both lists run at it
-    assert steps(trainer.log_dir, "eval/time_s") == [0, 3, 5, 6, 7]
-    losses = dict(scalars(trainer.log_dir)["eval/nll/loss"])
-    assert losses[7] != losses[0]  # the live weights were evaluated, not a copy
+    assert steps(trainer.log_dir, "eval/time_s") == sorted({*regular, *slow})
+    losses = dict(tags["eval/slow/loss"])
+    assert losses[max_steps] != losses[0]  # the live weights were evaluated, not a copy
 
 
 def test_gradient_accumulation_evaluates_each_step_once(tmp_path, tiny_model, tokenizer):
@@ -56,19 +63,6 @@ def test_gradient_accumulation_evaluates_each_step_once(tmp_path, tiny_model, to
         tmp_path, tiny_model, tokenizer, callback, max_steps=4, accumulate_grad_batches=3
     )
     assert steps(trainer.log_dir, "eval/nll/loss") == [0, 2, 4]
-
-
-def test_interval_zero_disables_a_list(tmp_path, tiny_model, tokenizer):
-    callback = EvalCallback(
-        evaluator_builders=[nll_builder()],
-        eval_every=0,
-        infrequent_evaluator_builders=[nll_builder(name="slow")],
-        infrequent_eval_every=2,
-    )
-    trainer, _ = fit(tmp_path, tiny_model, tokenizer, callback, max_steps=3)
-    tags = scalars(trainer.log_dir)
-    assert "eval/nll/loss" not in tags
-    assert [s for s, _ in tags["eval/slow/loss"]] == [0, 2, 3]
 
 
 def test_resume_mid_run_neither_repeats_nor_restarts(tmp_path, tiny_model, tokenizer):
@@ -87,9 +81,8 @@ def test_resume_mid_run_neither_repeats_nor_restarts(tmp_path, tiny_model, token
     ckpt = next(p for p in (tmp_path / "ckpt").iterdir() if "step=4" in p.name)
 
     second = EvalCallback(evaluator_builders=[nll_builder()], eval_every=2)
-    module = TinyLM(make_tiny_model(tokenizer, seed=1), tokenizer)
-    resumed = make_trainer(tmp_path / "b", [second], max_steps=7)
-    resumed.fit(module, token_loader(), ckpt_path=str(ckpt))
+    resumed, _ = fit(tmp_path / "b", make_tiny_model(tokenizer, seed=1), tokenizer, second,
+                     max_steps=7, ckpt_path=str(ckpt))
     assert steps(resumed.log_dir, "eval/nll/loss") == [6, 7]
 
 

@@ -64,8 +64,13 @@ def test_nll_from_conversations_scores_assistant_turns(tiny_model, tokenizer):
     chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]
     evaluator = NLLEvaluator.from_conversations([chat], renderer)
     assert list(evaluator.eval_prompts()) == ["Hi"]
-    loss = asyncio.run(evaluator(TrainingClient.from_module(tiny_model)))["loss"]
-    assert loss > 0
+    client = TrainingClient.from_module(tiny_model)
+    loss = asyncio.run(evaluator(client))["loss"]
+    example = renderer.build_supervised_example(chat)
+    weights = example.weights[1:]  # the first token is never predicted
+    logprobs = client.compute_logprobs([example.tokens])[0]
+    scored = -sum(lp * w for lp, w in zip(logprobs, weights, strict=True)) / sum(weights)
+    assert loss == pytest.approx(scored, rel=1e-5)  # only the reply's tokens count
 
 
 @pytest.mark.parametrize(
@@ -96,7 +101,7 @@ def test_qa_samples_all_questions_and_grades_them(tiny_model, tokenizer):
     with SamplingClient.from_module(tiny_model, tokenizer) as client:
         result = asyncio.run(evaluator(client))
     assert result == {"accuracy": 0.5}
-    assert len(seen) == 4
+    assert len(seen) == 4 and all(isinstance(r, str) and t == "x" for r, t in seen)
     assert [q for q, _ in evaluator.transcripts()] == ["Question 0?", "Question 1?"]
     assert list(evaluator.eval_prompts()) == [d["input"] for d in dataset]
 

@@ -98,6 +98,9 @@ def test_seed_and_greedy_are_reproducible(tiny_api):
                                                       top_k=50, top_p=0.9)).completion
                for _ in range(2)]
     assert sampled[0] == sampled[1]
+    other = generate_once(tiny_api, GenerateConfig(max_tokens=6, temperature=1.0, seed=8,
+                                                   top_k=50, top_p=0.9)).completion
+    assert other != sampled[0]  # the seed reaches the sampler
     greedy = generate_once(tiny_api, GenerateConfig(max_tokens=6))
     assert greedy.completion == generate_once(tiny_api, GenerateConfig(max_tokens=6)).completion
 
@@ -114,8 +117,12 @@ def test_stop_seqs_end_generation_and_are_removed(tiny_api):
 def test_logprobs_come_back_per_token(tiny_api):
     output = generate_once(tiny_api, GenerateConfig(max_tokens=4, logprobs=True))
     logprobs = output.choices[0].logprobs.content
-    assert len(logprobs) == 4
-    assert all(lp.logprob <= 0 for lp in logprobs)
+    prompt = tiny_api.renderer.build_generation_prompt([{"role": "user",
+                                                         "content": "Tell me a story."}])
+    seq = tiny_api.sampling_client.sample(
+        prompt, 1, tiny_api.sampling_params(GenerateConfig(max_tokens=4))).sequences[0]
+    assert [lp.logprob for lp in logprobs] == pytest.approx(seq.logprobs)
+    assert [lp.token for lp in logprobs] == [tiny_api.tokenizer.decode([t]) for t in seq.tokens]
 
 
 def test_samples_reach_the_client_together(tiny_model, tokenizer, tmp_path):

@@ -36,10 +36,13 @@ class TokenCounter:
 
     def __init__(self, model) -> None:
         self.count = 0
-        model.get_input_embeddings().register_forward_hook(self._hook)
+        self._handle = model.get_input_embeddings().register_forward_hook(self._hook)
 
     def _hook(self, module, args, output) -> None:
         self.count += args[0].numel()
+
+    def remove(self) -> None:
+        self._handle.remove()
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
@@ -68,7 +71,7 @@ def test_the_shared_prefix_is_prefilled_once(tiny_model, tokenizer):
             for prompt in prompts:  # one at a time, as when requests trickle in
                 client.sample(prompt, 1, GREEDY)
         counts[caching] = counter.count
-        counter.count = 0
+        counter.remove()
     # Prompts 2..5 skip the shared part; the prefix itself runs once, for prompt 2.
     assert counts[False] - counts[True] >= (len(prompts) - 2) * shared
 
@@ -117,15 +120,15 @@ def test_prefix_choice_follows_the_template():
     cache = PrefixCache(compute, min_tokens=4)
     template, other = list(range(10)), list(range(100, 110))
     assert cache.find([[*template, 50]]) is None  # nothing seen twice yet
-    assert len(cache.find([[*template, 51]]).tokens) == 10  # shared with the previous prompt
-    assert len(cache.find([[*template, 52, 53]]).tokens) == 10
+    assert cache.find([[*template, 51]]).tokens == tuple(template)  # shared with the previous
+    assert cache.find([[*template, 52, 53]]).tokens == tuple(template)
     assert computed == [10]  # reused, not recomputed
     assert cache.find([[7, 7, 7, 7, 7]]) is None  # unrelated prompt: no prefix
     partial = cache.find([[*template[:6], 60, 61]])  # shares part of the entry: a slice of it
     assert partial.tokens == tuple(template[:6]) and partial.keys[0].shape[2] == 6
     assert computed == [10]
     cache.find([[*other, 1]])
-    assert len(cache.find([[*other, 2]]).tokens) == 10  # a new template replaces the old one
+    assert cache.find([[*other, 2]]).tokens == tuple(other)  # a new template replaces the old
     assert computed == [10, 10]
     cache.clear()
     assert cache.find([[*other, 3]]) is None

@@ -148,7 +148,8 @@ def test_supervised_example_matches_template_and_weights_replies(tokenizer, name
     replies = "".join(m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant")
     weighted = weighted_text(tokenizer, example)
     # a reply starting with a newline shares a token with the header's "\n", which then trains
-    assert weighted == replies or weighted == "\n" + replies == "\n\n\n Rome\n<|im_end|>"
+    shared_newline = dialogue == "reply_starts_with_newlines"
+    assert weighted == ("\n" + replies if shared_newline else replies)
     assert example.tokens[-1] == tokenizer.encode("\n")[0]  # trailing newline is not trained
     assert example.weights[-1] == 0.0
 

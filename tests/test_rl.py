@@ -24,7 +24,7 @@ def shortness(text: str, datum: dict) -> float:
 
 
 class MeanLength(SamplingClientEvaluator):
-    """Greedy reply length (in tokens) to one prompt."""
+    """Sampled reply length (in tokens) to one prompt."""
 
     async def __call__(self, sampling_client) -> dict[str, float]:
         response = await sampling_client.sample_async(

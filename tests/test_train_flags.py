@@ -26,19 +26,22 @@ def test_overlapping_blocks_in_two_threads_keep_eval_until_the_last_ends():
     net = _net()
     entered, release_first, first_done = threading.Event(), threading.Event(), threading.Event()
 
+    released = []
+
     def first():
         with evaluation_mode(net):
             entered.set()
-            release_first.wait(5)
+            released.append(release_first.wait(5))
         first_done.set()
 
     thread = threading.Thread(target=first)
     thread.start()
-    entered.wait(5)
-    with evaluation_mode(net):
+    assert entered.wait(5)
+    with evaluation_mode(net):  # entered while the other thread's block is still open
         release_first.set()
-        first_done.wait(5)
+        assert first_done.wait(5)
         # The other block ended while this one runs: still eval mode (no dropout mid-forward).
         assert not any(m.training for m in net.modules())
     thread.join()
+    assert released == [True]  # the two blocks really overlapped
     assert [m.training for m in net.modules()] == [True, True, True, False]

@@ -283,6 +283,8 @@ class DecodeEngine:
 
         Returns the batch, or None when nothing is decoding.
         """
+        if batch is not None and len(batch) and not self._queue:
+            return batch  # nothing waiting: the usual step
         rows = len(batch) if batch else 0
         longest = batch.longest_reservation() if batch else 0
         group: list[Request] = []
@@ -345,8 +347,8 @@ class DecodeEngine:
         positions = (mask.cumsum(1) - 1).clamp(min=0)[:, start:]
         logits = self._forward(ids, mask, positions, cache, prefill=True)
 
-        repeats = torch.tensor([r.num_samples for r in requests], device=device)
-        if bool((repeats > 1).any()):
+        if any(r.num_samples > 1 for r in requests):
+            repeats = torch.tensor([r.num_samples for r in requests], device=device)
             index = torch.repeat_interleave(torch.arange(len(requests), device=device), repeats)
             cache.select_rows(index)
             mask, logits = mask[index], logits[index]
@@ -382,7 +384,10 @@ class DecodeEngine:
 
     def _advance(self, batch: _Batch, logits: torch.Tensor) -> None:
         """Samples each row's next token, records it, and lets finished rows leave."""
-        uniform = torch.tensor([s.uniform() for s in batch.seqs], device=logits.device)
+        if all(s.request.params.temperature == 0 for s in batch.seqs):
+            uniform = None
+        else:
+            uniform = torch.tensor([s.uniform() for s in batch.seqs], device=logits.device)
         tokens, logprobs = next_tokens(logits, batch.temperature, batch.top_k, batch.top_p,
                                        uniform)
         batch.next_input = tokens

@@ -15,7 +15,7 @@ def next_tokens(
     temperature: torch.Tensor,
     top_k: torch.Tensor,
     top_p: torch.Tensor,
-    uniform: torch.Tensor,
+    uniform: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Picks one token per row and returns `(tokens, logprobs)`.
 
@@ -24,24 +24,24 @@ def next_tokens(
         temperature: (rows,) 0 for greedy.
         top_k: (rows,) k, or <= 0 for no limit.
         top_p: (rows,) nucleus mass in (0, 1].
-        uniform: (rows,) numbers in [0, 1) from each row's generator.
+        uniform: (rows,) numbers in [0, 1) from each row's generator; None when every row is
+            greedy (the caller knows, so no device sync is spent finding out).
 
     The log-probability is that of the distribution the token was drawn from (after
     temperature, top-k and top-p); greedy rows report the model's own log-probability.
 
     Example:
         >>> logits = torch.tensor([[0.0, 5.0, 1.0]])
-        >>> tokens, _ = next_tokens(logits, torch.zeros(1), torch.zeros(1), torch.ones(1),
-        ...                         torch.zeros(1))
+        >>> tokens, _ = next_tokens(logits, torch.zeros(1), torch.zeros(1), torch.ones(1), None)
         >>> tokens.tolist()
         [1]
     """
     logits = logits.float()
-    greedy = temperature == 0
-    if bool(greedy.all()):
+    if uniform is None:
         tokens = logits.argmax(dim=-1)
         logprobs = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0]
         return tokens, logprobs
+    greedy = temperature == 0
 
     scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
     scaled = _mask_top_k(scaled, top_k)

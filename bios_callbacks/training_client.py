@@ -97,14 +97,16 @@ class TrainingClient:
 
         device = next(self.model.parameters()).device
         longest = max(len(t) for t in batch)
-        input_ids = torch.zeros((len(batch), longest), dtype=torch.long, device=device)
+        input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
         mask = torch.zeros_like(input_ids)
         for row, tokens in enumerate(batch):
-            input_ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
+            input_ids[row, : len(tokens)] = torch.tensor(tokens)
             mask[row, : len(tokens)] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)  # one copy each, not per row
         logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
         targets = input_ids[:, 1:]
         token_logprobs = -torch.nn.functional.cross_entropy(
             logits.transpose(1, 2), targets, reduction="none"
         )
-        return [token_logprobs[row, : len(t) - 1].tolist() for row, t in enumerate(batch)]
+        rows = token_logprobs.cpu().tolist()
+        return [row[: len(t) - 1] for row, t in zip(rows, batch, strict=True)]

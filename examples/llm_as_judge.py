@@ -27,18 +27,6 @@ QA_DATASET = MemoryDataset(
     ],
 )
 
-service_client = bios.ServiceClient()
-sampling_client = service_client.create_sampling_client(base_model=EMBEDDED_MODEL)
-
-api = InspectAPIFromBiosSampling(
-    renderer_name="chatml",
-    model_name=EMBEDDED_MODEL,
-    sampling_client=sampling_client,
-    verbose=False,
-)
-grader = Model(api, GenerateConfig(temperature=0.0, max_tokens=64, max_connections=32))
-
-
 @task
 def example_lm_as_judge() -> Task:
     return Task(
@@ -52,11 +40,25 @@ def example_lm_as_judge() -> Task:
     )
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Evaluates the embedded model, graded by a second `Model` over the same client."""
+    sampling_client = bios.ServiceClient().create_sampling_client(base_model=EMBEDDED_MODEL)
+    api = InspectAPIFromBiosSampling(
+        renderer_name="chatml",
+        model_name=EMBEDDED_MODEL,
+        sampling_client=sampling_client,
+        verbose=False,
+    )
+    grader = Model(api, GenerateConfig(temperature=0.0, max_tokens=64, max_connections=32))
     [log] = eval(
         example_lm_as_judge(),
         model=Model(api, GenerateConfig(max_tokens=48, max_connections=32)),
         model_roles={"grader": grader},
         display="none",
     )
+    sampling_client.close()
     print({name: m.value for name, m in log.results.scores[0].metrics.items()})
+
+
+if __name__ == "__main__":
+    main()

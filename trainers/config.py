@@ -110,12 +110,16 @@ class TrainConfig:
     @classmethod
     def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
         """Builds a config from a mapping; unknown keys raise an error listing the valid ones."""
+        cls._check_keys(values)
+        return cls(**values)
+
+    @classmethod
+    def _check_keys(cls, values: Mapping[str, Any]) -> None:
         unknown = sorted(set(values) - set(cls.keys()))
         if unknown:
             raise ValueError(
                 f"Unknown {cls.__name__} key(s) {unknown}. Valid keys: {', '.join(cls.keys())}."
             )
-        return cls(**values)
 
     @classmethod
     def from_cli(cls: type[C], argv: Sequence[str]) -> C:
@@ -133,11 +137,7 @@ class TrainConfig:
                     f"Argument {word!r} is not key=value. Valid keys: {', '.join(cls.keys())}."
                 )
             values[key] = _parse_value(raw, is_list=key.endswith("_builders"))
-        unknown = sorted(set(values) - set(cls.keys()))
-        if unknown:
-            raise ValueError(
-                f"Unknown {cls.__name__} key(s) {unknown}. Valid keys: {', '.join(cls.keys())}."
-            )
+        cls._check_keys(values)
         return values
 
     @property

@@ -17,7 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-ROLES = ("system", "user", "assistant", "tool")
+from bios_callbacks.renderers.base import ROLES
+
 Messages = list[dict[str, Any]]
 
 

@@ -103,6 +103,11 @@ class TrainConfig:
         return "train"
 
     @classmethod
+    def size_keys(cls) -> tuple[str, ...]:
+        """The keys that set how much memory a training step needs."""
+        return ("batch_size", "max_length")
+
+    @classmethod
     def keys(cls) -> list[str]:
         """All valid config keys."""
         return [f.name for f in dataclasses.fields(cls)]
@@ -267,3 +272,7 @@ class RLConfig(TrainConfig):
     @classmethod
     def kind(cls) -> str:
         return "rl"
+
+    @classmethod
+    def size_keys(cls) -> tuple[str, ...]:
+        return ("batch_size", "group_size", "max_tokens")

@@ -10,7 +10,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,10 @@ class PolicyModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.model.train()
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        with out_of_memory_explained(self.cfg):  # backward needs the most memory
+            super().backward(loss, *args, **kwargs)
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -203,9 +208,23 @@ def explain_out_of_memory(exc: BaseException, cfg: TrainConfig) -> BaseException
     """Turns an allocation failure into an error that says the batch did not fit in memory."""
     text = str(exc)
     if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text:
+        keys = cfg.size_keys()
+        settings = ", ".join(f"{key}={getattr(cfg, key)}" for key in keys)
         return MemoryError(
-            f"Out of memory at batch_size={cfg.batch_size}, max_length={cfg.max_length}: the "
-            "batch does not fit. Lower batch_size or max_length, or set lora_rank=8 to train "
-            f"an adapter instead of all weights. ({text.splitlines()[0] if text else exc!r})"
+            f"Out of memory at {settings}: the batch does not fit. Lower "
+            f"{', '.join(keys[:-1])} or {keys[-1]}, or set lora_rank=8 to train an adapter "
+            f"instead of all weights. ({text.splitlines()[0] if text else exc!r})"
         )
     return exc
+
+
+@contextmanager
+def out_of_memory_explained(cfg: TrainConfig) -> Iterator[None]:
+    """Re-raises an allocation failure inside the block as `explain_out_of_memory` says."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one
+        explained = explain_out_of_memory(exc, cfg)
+        if explained is exc:
+            raise
+        raise explained from exc

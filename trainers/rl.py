@@ -39,9 +39,9 @@ from trainers.config import RLConfig
 from trainers.policy import (
     PolicyModule,
     TrainResult,
-    explain_out_of_memory,
     fit,
     load_policy,
+    out_of_memory_explained,
 )
 
 __all__ = ["RLConfig", "RLModule", "train"]
@@ -167,16 +167,14 @@ class RLModule(PolicyModule):
             ]
 
         kl = 0.0
-        try:
+        with out_of_memory_explained(self.cfg):
             if rollouts:
                 loss, kl = policy_gradient_loss(
                     self.model, rollouts, self.cfg.temperature, pad_token_id(self.tokenizer)
                 )
             else:  # no group had a reward spread: nothing to learn from (see below)
                 loss = sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
-            self._no_signal = not rollouts
-        except (RuntimeError, torch.OutOfMemoryError) as exc:
-            raise explain_out_of_memory(exc, self.cfg) from exc
+        self._no_signal = not rollouts
         finished = time.perf_counter()
 
         metrics = {

@@ -36,9 +36,9 @@ from trainers.config import SFTConfig
 from trainers.policy import (
     PolicyModule,
     TrainResult,
-    explain_out_of_memory,
     fit,
     load_policy,
+    out_of_memory_explained,
 )
 
 __all__ = ["SFTConfig", "SFTModule", "train"]
@@ -70,10 +70,8 @@ class SFTModule(PolicyModule):
         test_every = self.cfg.test_every
         if step == 0 or (test_every and step % test_every == 0):
             self.test_loss()
-        try:
+        with out_of_memory_explained(self.cfg):
             total, weight = weighted_loss(self.model, batch)
-        except (RuntimeError, torch.OutOfMemoryError) as exc:
-            raise explain_out_of_memory(exc, self.cfg) from exc
         loss = total / weight
         now = time.perf_counter()
         seconds, self.step_started = now - self.step_started, now

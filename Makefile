@@ -3,7 +3,8 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-# The CPU build of torch; any torch in the project's range works elsewhere.
+# On this project's machines torch==2.13.0 resolves to a CPU build from the local wheel
+# directory (PIP_FIND_LINKS); elsewhere any torch in pyproject's range works (TORCH=...).
 TORCH   ?= torch==2.13.0
 
 .PHONY: install demo test bench lint clean

@@ -188,14 +188,15 @@ class DecodeEngine:
         self.admit_window_s = admit_window_s
         self.compute_dtype = compute_dtype
         config = model.config
-        self.context_length: int | None = getattr(config, "max_position_embeddings", None)
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.context_length: int | None = getattr(text_config, "max_position_embeddings", None)
         self.vocab_size: int = model.get_input_embeddings().num_embeddings
         self._stop_ids = _eos_ids(model, tokenizer)
         self._pad_id = pad_token_id(tokenizer)
         forward_args = inspect.signature(_base_model(model).forward).parameters
         self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
         self._trim_logits = "logits_to_keep" in forward_args
-        caching = prefix_caching and not _uses_sliding_window(config)
+        caching = prefix_caching and not _uses_sliding_window(text_config)
         self._prefixes = PrefixCache(self._encode_prefix) if caching else None
         self._queue: deque[Request] = deque()
         self._wakeup = threading.Condition()
@@ -413,9 +414,8 @@ def _base_model(model: torch.nn.Module) -> torch.nn.Module:
 def _uses_sliding_window(config) -> bool:
     """Sliding windows count cache columns, so they would count the padding between a cached
     prefix and the rest of a prompt as tokens."""
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    window = getattr(text_config, "sliding_window", None)
-    return bool(window) and getattr(text_config, "use_sliding_window", True) is not False
+    window = getattr(config, "sliding_window", None)
+    return bool(window) and getattr(config, "use_sliding_window", True) is not False
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer) -> set[int]:

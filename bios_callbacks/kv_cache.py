@@ -78,10 +78,6 @@ class BatchCache(DynamicCache):
         super().__init__()
         self.layer_class_to_replicate = BufferedLayer
 
-    @property
-    def batch_size(self) -> int:
-        return self.layers[0].keys.shape[0] if self.layers else 0
-
     def select_rows(self, indices: torch.Tensor) -> None:
         """Keeps only the rows in `indices`, in that order."""
         for layer in self.layers:

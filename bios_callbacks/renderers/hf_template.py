@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bios_callbacks.renderers.base import Message, Renderer, Segment, render_template
-
-_PROBE = "BIOS_RENDERER_PROBE"
+from bios_callbacks.renderers.base import _PROBE, Message, Renderer, Segment, render_template
 
 
 class HFTemplateRenderer(Renderer):

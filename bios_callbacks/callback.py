@@ -142,7 +142,7 @@ class EvalCallback(Callback):
         self.fail_fast = fail_fast
         self.training_texts = training_texts
         self.progress = progress
-        self.sampling_options = dict(sampling_options or {})
+        self.sampling_options = _checked_sampling_options(sampling_options or {})
         self.last_seen_step = -1
         self.last_evaluated = {name: -1 for name in LISTS}
         self.latest: RoundRecord | None = None
@@ -441,3 +441,21 @@ def _step_checkpoint_due(trainer: pl.Trainer) -> bool:
         and step % cb._every_n_train_steps == 0
         for cb in trainer.checkpoint_callbacks
     )
+
+
+def _checked_sampling_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Fails at construction, not in every round, when a key is not a client option."""
+    import inspect
+
+    from bios_callbacks.sampling_client import SamplingClient
+
+    valid = [name for name in inspect.signature(SamplingClient.from_module).parameters
+             if name not in {"cls", "model", "tokenizer"}]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"sampling_options has unknown key(s) {unknown}; valid keys: {', '.join(valid)} "
+            "(the keyword arguments of SamplingClient.from_module)."
+        )
+    return dict(options)
+

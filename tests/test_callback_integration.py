@@ -122,6 +122,8 @@ def test_run_sync_works_inside_a_running_event_loop():
         ({"evaluator_builders": ["nll"]}, TypeError, "'nll', which is not callable"),
         ({"training_texts": "data.txt"}, ValueError, "'from_trainer'"),
         ({"evaluator_timeout_s": 0}, ValueError, "evaluator_timeout_s=0"),
+        ({"sampling_options": {"batch_size": 8}}, ValueError,
+         r"unknown key\(s\) \['batch_size'\]; valid keys: .*max_batch_size"),
     ],
 )
 def test_bad_arguments_are_explained(kwargs, error, message):

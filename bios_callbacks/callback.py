@@ -353,6 +353,8 @@ class EvalCallback(Callback):
         if self._held_out_checked or self.training_texts is None or self._slots is None:
             return
         self._held_out_checked = True
+        if not trainer.is_global_zero:  # one warning per run: only rank 0 reads the data
+            return
         prompts = [
             p
             for slots in self._slots.values()
@@ -373,7 +375,7 @@ class EvalCallback(Callback):
         else:
             texts = list(self.training_texts)
         overlap = find_overlap(prompts, texts)
-        if overlap.found and trainer.is_global_zero:
+        if overlap.found:
             from lightning.pytorch.utilities import rank_zero_warn
 
             rank_zero_warn(

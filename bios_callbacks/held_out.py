@@ -58,6 +58,6 @@ def _texts_in(item: Any, tokenizer: Any) -> Iterator[str]:
         if all(isinstance(t, int) for t in item):
             if tokenizer is not None:
                 yield tokenizer.decode(item)
-        else:
+        elif not all(isinstance(t, float) for t in item):  # e.g. loss weights: no text there
             for value in item:
                 yield from _texts_in(value, tokenizer)

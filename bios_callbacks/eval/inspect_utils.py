@@ -176,10 +176,10 @@ class InspectAPIFromBiosSampling(ModelAPI):
     def _choice(
         self, sequence: SampledSequence, stop_seqs: list[str], logprobs: bool
     ) -> ChatCompletionChoice:
-        message, _ = self.renderer.parse_response(sequence.tokens)
-        content = _strip_stop_string(message["content"], stop_seqs)
+        message, _ = self.renderer.parse_response(sequence.tokens, extra_stop=stop_seqs)
         return ChatCompletionChoice(
-            message=ChatMessageAssistant(content=content, model=self.model_name, source="generate"),
+            message=ChatMessageAssistant(content=message["content"], model=self.model_name,
+                                         source="generate"),
             stop_reason=_STOP_REASONS[sequence.stop_reason],
             logprobs=self._logprobs(sequence) if logprobs else None,
         )
@@ -227,12 +227,6 @@ def to_renderer_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
         [{'role': 'user', 'content': 'Hi'}]
     """
     return [{"role": message.role, "content": message.text} for message in messages]
-
-
-def _strip_stop_string(text: str, stop_seqs: list[str]) -> str:
-    """Removes a caller's stop string (and what follows) from generated text."""
-    cuts = [text.find(stop) for stop in stop_seqs if stop and stop in text]
-    return text[: min(cuts)] if cuts else text
 
 
 def _client_for(model_name: str, max_batch_size: int, dtype: str) -> tuple[Any, str | None]:

@@ -130,11 +130,14 @@ class Renderer(ABC):
         ]
         return SupervisedExample(tokens=tokens, weights=weights)
 
-    def parse_response(self, tokens: Sequence[int]) -> tuple[Message, Termination]:
+    def parse_response(
+        self, tokens: Sequence[int], extra_stop: Sequence[str] = ()
+    ) -> tuple[Message, Termination]:
         """The assistant message in sampled `tokens`, and why the sample ended.
 
         Termination is "stop" (a stop sequence ended it), "eos" (the tokenizer's end-of-sequence
-        token did) or "length" (neither: it was cut off). Content excludes the end marker.
+        token did) or "length" (neither: it was cut off). Content excludes the end marker, and
+        ends before the first of the caller's `extra_stop` strings too.
 
         Example:
             >>> renderer.parse_response(tokenizer.encode("Hello<|im_end|>"))  # doctest: +SKIP
@@ -143,7 +146,7 @@ class Renderer(ABC):
         ids = [int(t) for t in tokens]
         stops = self.get_stop_sequences()
         stop_ids = {s for s in stops if isinstance(s, int)}
-        stop_strings = [s for s in stops if isinstance(s, str)]
+        stop_strings = [s for s in (*stops, *extra_stop) if isinstance(s, str) and s]
         eos_id = self.tokenizer.eos_token_id
         cut, termination = len(ids), "length"
         for i, token in enumerate(ids):

@@ -207,13 +207,7 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Any:
         from bios_callbacks.checkpoints import resolve_model_path
 
         return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
-    source, local_only = resolve_pretrained_source(name_or_path)
-    try:
-        return AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    except OSError as error:
-        if Path(source).is_dir():
-            raise
-        raise _hub_error(str(name_or_path), error) from error
+    return _from_pretrained(AutoTokenizer, name_or_path, resolve_pretrained_source(name_or_path))
 
 
 def load_model(
@@ -232,16 +226,22 @@ def load_model(
 
         return load_checkpoint(name_or_path, dtype=dtype)
 
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source, local_only = resolve_pretrained_source(name_or_path)
+    resolved = resolve_pretrained_source(name_or_path)  # once: it may convert or probe caches
+    model = _from_pretrained(AutoModelForCausalLM, name_or_path, resolved, dtype=dtype)
+    tokenizer = _from_pretrained(AutoTokenizer, name_or_path, resolved)
+    return model.eval(), tokenizer
+
+
+def _from_pretrained(
+    auto_class: Any, name_or_path: str | os.PathLike[str], resolved: tuple[str, bool], **kwargs: Any
+) -> Any:
+    """`auto_class.from_pretrained` on a resolved source; a hub failure says how to go offline."""
+    source, local_only = resolved
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, local_files_only=local_only
-        )
+        return auto_class.from_pretrained(source, local_files_only=local_only, **kwargs)
     except OSError as error:
         if Path(source).is_dir():
             raise
         raise _hub_error(str(name_or_path), error) from error
-    tokenizer = load_tokenizer(name_or_path)
-    return model.eval(), tokenizer

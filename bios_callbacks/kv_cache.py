@@ -64,6 +64,16 @@ class BufferedLayer(DynamicLayer):
         self._start += count
         self._refresh_views()
 
+    def stack_rows(self, other: BufferedLayer, headroom: int) -> None:
+        """Appends `other`'s rows, left-padding the shorter side, in one copy into a new buffer
+        with room for `headroom` more positions."""
+        length = max(self._end - self._start, other.get_seq_length())
+        capacity = length + max(headroom, 1)
+        self._key_buffer = _stack_left_padded(self.keys, other.keys, length, capacity)
+        self._value_buffer = _stack_left_padded(self.values, other.values, length, capacity)
+        self._start, self._end = 0, length
+        self._refresh_views()
+
     def set_states(self, keys: torch.Tensor, values: torch.Tensor, headroom: int) -> None:
         """Replaces the contents with `keys`/`values` and room for `headroom` more positions."""
         self.device = keys.device
@@ -92,15 +102,17 @@ class BatchCache(DynamicCache):
     def append_rows(self, other: BatchCache, headroom: int) -> None:
         """Adds the rows of `other`, left-padding whichever side is shorter with zeros."""
         for mine, theirs in zip(self.layers, other.layers, strict=True):
-            keys = _cat_left_padded(mine.keys, theirs.keys)
-            values = _cat_left_padded(mine.values, theirs.values)
-            mine.set_states(keys, values, headroom)
+            mine.stack_rows(theirs, headroom)
 
 
-def _cat_left_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Stacks two (batch, heads, length, dim) tensors along batch, padding length on the left."""
-    length = max(a.shape[2], b.shape[2])
-    out = a.new_zeros(a.shape[0] + b.shape[0], a.shape[1], length, a.shape[3])
-    out[: a.shape[0], :, length - a.shape[2] :] = a
-    out[a.shape[0] :, :, length - b.shape[2] :] = b
+def _stack_left_padded(
+    a: torch.Tensor, b: torch.Tensor, length: int, capacity: int
+) -> torch.Tensor:
+    """(batch, heads, capacity, dim): `a`'s rows then `b`'s, each ending at position `length`."""
+    rows = a.shape[0]
+    out = a.new_empty(rows + b.shape[0], a.shape[1], capacity, a.shape[3])
+    out[:rows, :, : length - a.shape[2]] = 0
+    out[:rows, :, length - a.shape[2] : length] = a
+    out[rows:, :, : length - b.shape[2]] = 0
+    out[rows:, :, length - b.shape[2] : length] = b
     return out

@@ -299,8 +299,8 @@ class EvalCallback(Callback):
         self._report_failures(trainer, outcome, record)
         self._publish(trainer, record, outcome)
         if self.fail_fast and record.failures:
-            if outcome.errors:
-                raise outcome.errors[0]
+            if outcome.errors and outcome.errors[0] is not None:
+                raise outcome.errors[0]  # the first failure's own exception
             first = record.failures[0]
             raise RuntimeError(
                 f"evaluator {first['evaluator']!r} failed ({first['kind']}): {first['message']}"
@@ -319,7 +319,7 @@ class EvalCallback(Callback):
                 failure["kind"],
                 failure["message"],
             )
-        for text in outcome.tracebacks:
+        for text in outcome.tracebacks():
             log.warning("evaluator traceback at step %d:\n%s", record.step, text)
 
     def _publish(self, trainer: pl.Trainer, record: RoundRecord, outcome: RoundOutcome) -> None:

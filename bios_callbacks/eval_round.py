@@ -84,15 +84,16 @@ class RoundOutcome:
 
     metrics: dict[str, float] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
-    errors: list[BaseException] = field(default_factory=list)
-    tracebacks: list[str] = field(default_factory=list)
+    errors: list[BaseException | None] = field(default_factory=list)  # one per failure
     transcripts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def fail(self, evaluator: str, kind: str, message: str, error: BaseException | None) -> None:
         self.failures.append({"evaluator": evaluator, "kind": kind, "message": message})
-        if error is not None:
-            self.errors.append(error)
-            self.tracebacks.append("".join(traceback.format_exception(error)))
+        self.errors.append(error)
+
+    def tracebacks(self) -> list[str]:
+        """The formatted tracebacks of the failures that raised."""
+        return ["".join(traceback.format_exception(e)) for e in self.errors if e is not None]
 
 
 def _as_float(value: Any) -> float | None:

@@ -143,6 +143,11 @@ def test_fail_fast_reraises(tmp_path, tiny_model, tokenizer):
     with pytest.raises(ValueError, match="grader exploded"):
         fit(tmp_path, tiny_model, tokenizer, callback, max_steps=2)
 
+    # the first failure is the one raised, even when a later one carries an exception
+    callback = EvalCallback(evaluator_builders=[BadValues, Raises], eval_every=2, fail_fast=True)
+    with pytest.raises(RuntimeError, match=r"evaluator 'bad' failed \(invalid_value\)"):
+        fit(tmp_path / "b", tiny_model, tokenizer, callback, max_steps=2)
+
 
 def test_same_keys_from_two_evaluators_both_survive(tmp_path, tiny_model, tokenizer):
     callback = EvalCallback(

@@ -34,6 +34,11 @@ from bios_callbacks.types import SampledSequence, SampleResponse, SamplingParams
 _OPEN_ENGINES: weakref.WeakSet[DecodeEngine] = weakref.WeakSet()
 atexit.register(lambda: [engine.close() for engine in list(_OPEN_ENGINES)])
 
+DEFAULT_MAX_BATCH_SIZE = 32
+"""Most sequences decoding at once, unless a client says otherwise."""
+DEFAULT_MAX_CACHE_TOKENS = 65_536
+"""Bound on rows x cached positions (KV-cache memory), unless a client says otherwise."""
+
 _SEED_STRIDE = 0x9E3779B97F4A7C15
 _SEED_MASK = (1 << 63) - 1
 
@@ -172,8 +177,8 @@ class DecodeEngine:
         model: torch.nn.Module,
         tokenizer,
         *,
-        max_batch_size: int = 32,
-        max_cache_tokens: int = 65_536,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_cache_tokens: int = DEFAULT_MAX_CACHE_TOKENS,
         max_prefill_tokens: int = 8_192,
         compute_dtype: torch.dtype | None = None,
         admit_window_s: float = 0.005,

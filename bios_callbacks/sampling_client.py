@@ -7,7 +7,12 @@ from collections.abc import Sequence
 
 import torch
 
-from bios_callbacks.decode_engine import DecodeEngine, Request
+from bios_callbacks.decode_engine import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_CACHE_TOKENS,
+    DecodeEngine,
+    Request,
+)
 from bios_callbacks.types import ModelInput, SampleResponse, SamplingParams
 
 
@@ -38,8 +43,8 @@ class SamplingClient:
         tokenizer,
         *,
         model_name: str | None = None,
-        max_batch_size: int = 32,
-        max_cache_tokens: int = 65_536,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_cache_tokens: int = DEFAULT_MAX_CACHE_TOKENS,
         compute_dtype: torch.dtype | None = None,
         prefix_caching: bool = True,
     ) -> SamplingClient:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bios_callbacks.decode_engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CACHE_TOKENS
 from bios_callbacks.sampling_client import SamplingClient
 
 _DTYPES = {"float32", "bfloat16", "float16"}
@@ -25,7 +26,11 @@ class ServiceClient:
     """
 
     def __init__(
-        self, *, max_batch_size: int = 32, max_cache_tokens: int = 65_536, dtype: str = "float32"
+        self,
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_cache_tokens: int = DEFAULT_MAX_CACHE_TOKENS,
+        dtype: str = "float32",
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)}.")

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bios_callbacks.decode_engine import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_CONNECTIONS
 from bios_callbacks.evaluators import SamplingClientEvaluator
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class InspectEvaluatorBuilder:
         log_dir: str | Path = ".",
         temperature: float = 0.0,
         max_tokens: int | None = None,
-        max_connections: int = 32,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         if isinstance(tasks, str) or not tasks:
             raise ValueError(

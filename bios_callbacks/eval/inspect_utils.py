@@ -38,6 +38,7 @@ from inspect_ai.model import (
 from inspect_ai.model._model_info import MODEL_INFO_LOOKUP_API_KEY
 from inspect_ai.tool import ToolChoice, ToolInfo
 
+from bios_callbacks.decode_engine import DEFAULT_MAX_BATCH_SIZE
 from bios_callbacks.types import SampledSequence, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 PROVIDER_NAME = "bios"
 REGISTRY_NAME = f"bios_callbacks/{PROVIDER_NAME}"
 DEFAULT_MAX_TOKENS = 512
-DEFAULT_MAX_CONNECTIONS = 32
+DEFAULT_MAX_CONNECTIONS = DEFAULT_MAX_BATCH_SIZE  # one batch of the sampling client
 
 _STOP_REASONS = {"stop": "stop", "length": "max_tokens"}
 

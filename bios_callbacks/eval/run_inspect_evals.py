@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bios_callbacks.decode_engine import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_CONNECTIONS
+
 USAGE = __doc__ or ""
 
 
@@ -45,7 +47,7 @@ class EvalArgs:
     limit: int | None = None
     temperature: float = 0.0
     max_tokens: int | None = None
-    max_connections: int = 32
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     log_dir: str | None = None
     dtype: str = "float32"
 

@@ -43,17 +43,25 @@ def test_concurrent_greedy_matches_sequential_and_generate(client, tiny_model, t
         assert tokens == reference[0, len(prompt):].tolist()
 
 
-def test_requests_arriving_mid_decode_join_the_batch(client, tokenizer):
+def test_requests_arriving_mid_decode_join_the_batch(client, tiny_model, tokenizer):
     prompts = _prompts(tokenizer, 6)
-    expected = [client.sample(p, 1, GREEDY).sequences[0].tokens for p in prompts]
+    long = types.SamplingParams(max_tokens=200, temperature=0.0)
+    expected = [client.sample(prompts[0], 1, long).sequences[0].tokens]
+    expected += [client.sample(p, 1, GREEDY).sequences[0].tokens for p in prompts[1:]]
+    shapes: list[tuple[int, int]] = []
+    tiny_model.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: shapes.append(tuple(args[0].shape)))
 
     async def staggered():
-        async def late(i):
-            await asyncio.sleep(0.01 * i)
-            return await client.sample_async(prompts[i], 1, GREEDY)
-        return await asyncio.gather(*(late(i) for i in range(len(prompts))))
+        first = asyncio.ensure_future(client.sample_async(prompts[0], 1, long))
+        while not any(width == 1 for _, width in shapes):  # the first is decoding alone
+            await asyncio.sleep(0.001)
+        rest = await asyncio.gather(*(client.sample_async(p, 1, GREEDY) for p in prompts[1:]))
+        return [await first, *rest]
 
     assert [r.sequences[0].tokens for r in asyncio.run(staggered())] == expected
+    decode_rows = [rows for rows, width in shapes if width == 1]
+    assert decode_rows[0] == 1 and max(decode_rows) > 1  # the late ones joined its batch
 
 
 @pytest.mark.parametrize("bound", [{"max_batch_size": 2}, {"max_cache_tokens": 60}])

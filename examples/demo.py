@@ -91,6 +91,16 @@ def conversation(country: str, city: str) -> dict:
     }
 
 
+def capitals_data() -> dict:
+    """The capitals conversations and the batch and learning rate that fit them."""
+    return {
+        "train_data": [conversation(c, city) for c, city in TRAIN_CAPITALS],
+        "test_data": [conversation(c, city) for c, city in TEST_CAPITALS],
+        "batch_size": 8,
+        "learning_rate": 1e-4,
+    }
+
+
 def strict_format(response: str, target: str) -> bool:
     """Grader: the whole reply must be exactly "Answer: <city>"."""
     return response.strip() == f"Answer: {target}"
@@ -149,11 +159,8 @@ def main(argv: list[str]) -> int:
     defaults = {
         "model_name": EMBEDDED_MODEL,
         "renderer_name": "chatml",
-        "train_data": [conversation(c, city) for c, city in TRAIN_CAPITALS],
-        "test_data": [conversation(c, city) for c, city in TEST_CAPITALS],
+        **capitals_data(),
         "steps": 16,
-        "batch_size": 8,
-        "learning_rate": 1e-4,
         "test_every": 4,
         "evaluator_builders": [format_eval],
         "eval_every": 4,

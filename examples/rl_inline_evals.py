@@ -13,6 +13,7 @@ import statistics
 import sys
 
 from bios_callbacks.evaluators import SamplingClientEvaluator
+from bios_callbacks.model_loading import EMBEDDED_MODEL
 from examples.rl_arithmetic import TEST, TRAIN, accuracy_eval, reward
 from trainers.config import RLConfig
 
@@ -27,7 +28,7 @@ class SampledReward(SamplingClientEvaluator):
         from bios_callbacks.tokenizer_utils import get_tokenizer
 
         self.renderer = get_renderer(
-            name="chatml", tokenizer=get_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct")
+            name="chatml", tokenizer=get_tokenizer(EMBEDDED_MODEL)
         )
 
     async def __call__(self, sampling_client) -> dict[str, float]:

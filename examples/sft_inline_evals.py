@@ -12,7 +12,13 @@ from __future__ import annotations
 import sys
 
 from bios_callbacks.model_loading import EMBEDDED_MODEL
-from examples.demo import TEST_CAPITALS, TRAIN_CAPITALS, capitals_task, conversation, format_eval
+from examples.demo import (
+    TEST_CAPITALS,
+    capitals_data,
+    capitals_task,
+    conversation,
+    format_eval,
+)
 from trainers.config import SFTConfig
 
 
@@ -44,14 +50,7 @@ def main(argv: list[str]) -> int:
         "infrequent_evaluator_builders": [expensive_eval],
         "infrequent_eval_every": 4,  # the guide uses 500
     }
-    config |= {
-        "train_data": [conversation(c, city) for c, city in TRAIN_CAPITALS],
-        "test_data": [conversation(c, city) for c, city in TEST_CAPITALS],
-        "steps": 4,
-        "batch_size": 8,
-        "learning_rate": 1e-4,
-        "test_every": 2,
-    }
+    config |= {**capitals_data(), "steps": 4, "test_every": 2}
     sft.train(SFTConfig.from_dict({**config, **SFTConfig.parse_cli(argv)}))
     return 0
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from trainers import data
 from trainers.config import RLConfig, SFTConfig
@@ -145,3 +146,30 @@ def test_default_run_dir_is_where_bios_uris_look(tmp_path, monkeypatch):
     saved = cfg.run_dir / "checkpoints" / "step_000001"
     assert checkpoint_uri(saved) == "bios://r/step_000001"
     assert checkpoint_dir("bios://r/step_000001") == saved
+
+
+@pytest.mark.parametrize(
+    ("make_config", "settings", "advice"),
+    [
+        (lambda: SFTConfig(train_data=[CHAT], batch_size=64, max_length=4096, run_name="t"),
+         "batch_size=64, max_length=4096", "Lower batch_size or max_length"),
+        (lambda: RLConfig(train_data=[{"prompt": "x"}], reward_fn=len, batch_size=16,
+                          group_size=32, max_tokens=512, run_name="t"),
+         "batch_size=16, group_size=32, max_tokens=512",
+         "Lower batch_size, group_size or max_tokens"),
+    ],
+    ids=["sft", "rl"],
+)
+def test_a_batch_too_large_for_memory_names_the_settings_to_lower(make_config, settings, advice):
+    from trainers.policy import explain_out_of_memory
+
+    try:
+        torch.empty(2**47, dtype=torch.uint8)  # a real allocation failure: 128 TiB
+    except RuntimeError as exc:
+        error = explain_out_of_memory(exc, make_config())
+    else:
+        pytest.skip("this machine can allocate 128 TiB")
+    assert isinstance(error, MemoryError)
+    assert settings in str(error)
+    assert advice in str(error)
+

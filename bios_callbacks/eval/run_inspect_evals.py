@@ -118,42 +118,40 @@ def run(args: EvalArgs) -> int:
     from bios_callbacks.eval.inspect_runner import run_tasks
     from bios_callbacks.eval.inspect_tasks import resolve_task, task_short_name
     from bios_callbacks.eval.inspect_utils import InspectAPIFromBiosSampling
-    from bios_callbacks.service_client import ServiceClient
 
     tasks = [resolve_task(name) for name in args.tasks]
-    service = ServiceClient(max_batch_size=args.max_connections, dtype=args.dtype)
-    step = None
+    step, model_name = None, args.model_name
+    source = model_name  # what the provider loads
     if args.model_path:
         from bios_callbacks.checkpoints import read_checkpoint_metadata, resolve_model_path
 
         checkpoint = resolve_model_path(args.model_path)
         metadata = read_checkpoint_metadata(checkpoint)
-        model_name = args.model_name or metadata.base_model
-        renderer_name = args.renderer_name or metadata.renderer_name
-        step = metadata.step
-        client = service.create_sampling_client(model_path=str(checkpoint))
+        model_name, step = model_name or metadata.base_model, metadata.step
+        source = str(checkpoint)
         results_dir = checkpoint / "evals"
         log_dir = Path(args.log_dir) if args.log_dir else results_dir / "logs"
     else:
-        model_name, renderer_name = args.model_name, args.renderer_name
-        client = service.create_sampling_client(base_model=model_name)
         log_dir = Path(args.log_dir or "inspect_logs")
         results_dir = log_dir / "evals"
 
-    api = InspectAPIFromBiosSampling(
-        model_name=model_name, renderer_name=renderer_name, sampling_client=client
-    )
     config = GenerateConfig(
         max_connections=args.max_connections,
         temperature=args.temperature,
         max_tokens=args.max_tokens,
+    )
+    # The provider loads the model (sized by max_connections) and closes it when done; a
+    # checkpoint's renderer comes from its metadata unless renderer_name is given.
+    api = InspectAPIFromBiosSampling(
+        model_name=source,
+        renderer_name=args.renderer_name, dtype=args.dtype, config=config,
     )
     try:
         results = asyncio.run(
             run_tasks(tasks, Model(api, config), log_dir=str(log_dir), limit=args.limit)
         )
     finally:
-        client.close()
+        api.close()
 
     results_dir.mkdir(parents=True, exist_ok=True)
     for task, result in zip(tasks, results, strict=True):

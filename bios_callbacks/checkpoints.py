@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bios_callbacks.atomic_dirs import atomic_directory
 from bios_callbacks.model_loading import BIOS_URI_PREFIX, CHECKPOINT_METADATA_FILE
 
 if TYPE_CHECKING:
@@ -54,18 +54,30 @@ def checkpoint_root() -> Path:
 
 
 def checkpoint_dir(path_or_uri: str | os.PathLike[str]) -> Path:
-    """The directory a checkpoint path or `bios://<run>/<name>` URI names (may not exist)."""
+    """The directory a checkpoint path or `bios://<run>/<name>` URI names (may not exist).
+
+    A URI must name a directory inside `<root>/<run>/checkpoints`: `.`, `..` and names that are
+    symbolic links to elsewhere are rejected.
+    """
     text = str(path_or_uri)
     if not text.startswith(BIOS_URI_PREFIX):
         return Path(text).expanduser()
     parts = text[len(BIOS_URI_PREFIX) :].strip("/").split("/")
-    if len(parts) != 2 or not all(parts) or ".." in parts:
+    if len(parts) != 2 or not all(parts) or {".", ".."} & set(parts):
         raise ValueError(
             f"Checkpoint URI {text!r} is malformed: expected bios://<run>/<name>, "
-            "e.g. bios://my-run/step-100."
+            "e.g. bios://my-run/step-100 (neither part may be '.' or '..')."
         )
     run, name = parts
-    return checkpoint_root() / run / "checkpoints" / name
+    checkpoints = checkpoint_root() / run / "checkpoints"
+    path = checkpoints / name
+    if path.resolve().parent != checkpoints.resolve():
+        raise ValueError(
+            f"Checkpoint URI {text!r} leads to {path.resolve()}, outside the run's checkpoint "
+            f"directory {checkpoints.resolve()}: expected bios://<run>/<name> to name a "
+            "checkpoint of that run. Pass the checkpoint's directory path instead."
+        )
+    return path
 
 
 def resolve_model_path(path_or_uri: str | os.PathLike[str]) -> Path:
@@ -112,12 +124,16 @@ def save_checkpoint(
     renderer_name: str,
     step: int,
     eval_results: dict[str, float] | None = None,
+    extra_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write `model` (or its LoRA adapter, for a peft model), `tokenizer` and metadata to `path`.
 
-    `path` may be a directory or `bios://<run>/<name>`. The directory is written under a temporary
-    name and renamed into place, replacing an older checkpoint of the same name.
-    Returns the checkpoint directory.
+    `path` may be a directory or `bios://<run>/<name>`. The checkpoint is written into a staging
+    directory next to it and swapped into place, so an older checkpoint of the same name stays
+    whole until the new one is complete. Only a checkpoint or an empty directory is replaced;
+    anything else at `path` is an error. `extra_files(directory)` may add files (e.g. trainer
+    state) to the checkpoint before it appears. A LoRA checkpoint records a directory or
+    `bios://` `base_model` as an absolute path. Returns the checkpoint directory.
 
     Example:
         >>> save_checkpoint("runs/demo/checkpoints/final", model, tokenizer,  # doctest: +SKIP
@@ -125,12 +141,16 @@ def save_checkpoint(
     """
     if not isinstance(step, int) or step < 0:
         raise ValueError(f"step={step!r}: expected the number of optimizer steps, an int >= 0.")
-    is_lora = _is_peft_model(model)
-    if is_lora and Path(base_model).expanduser().is_dir():
-        base_model = str(Path(base_model).expanduser().resolve())
     target = checkpoint_dir(path)
+    if target.name in ("", ".."):
+        raise ValueError(
+            f"Checkpoint path {str(path)!r} does not name a directory of its own: expected a "
+            "new or checkpoint directory such as runs/my-run/checkpoints/step-100."
+        )
+    _check_replaceable(target)
+    is_lora = _is_peft_model(model)
     metadata = CheckpointMetadata(
-        base_model=base_model,
+        base_model=_absolute_base(base_model) if is_lora else base_model,
         renderer_name=renderer_name,
         step=step,
         eval_results=dict(eval_results or {}),
@@ -138,29 +158,45 @@ def save_checkpoint(
         library_version=_library_version(),
         weights=WEIGHTS_LORA if is_lora else WEIGHTS_FULL,
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target, replace=True) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        if extra_files is not None:
+            extra_files(staging)
         (staging / CHECKPOINT_METADATA_FILE).write_text(json.dumps(asdict(metadata), indent=2))
-        staging.chmod(0o755)
-        _replace_dir(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move `new` to `target`, swapping out whatever was there."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        new.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(target)
+def _check_replaceable(target: Path) -> None:
+    """Refuse a target that saving would delete: anything but a checkpoint or an empty dir."""
+    if target.is_symlink():
+        raise FileExistsError(
+            f"Cannot save a checkpoint at {target}: it is a symbolic link (to "
+            f"{target.resolve()}). Save to the directory it points to, or choose a new path."
+        )
+    if not target.exists() or (target / CHECKPOINT_METADATA_FILE).is_file():
+        return
+    if not target.is_dir():
+        raise FileExistsError(
+            f"Cannot save a checkpoint at {target}: it is a file. Choose a new directory path."
+        )
+    entries = sorted(entry.name for entry in target.iterdir())
+    if entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise FileExistsError(
+            f"Cannot save a checkpoint at {target}: it is a directory that is not a checkpoint "
+            f"(no {CHECKPOINT_METADATA_FILE}) and holds {shown}, which saving would delete. "
+            "Choose a new path, or an existing checkpoint to replace."
+        )
+
+
+def _absolute_base(base_model: str) -> str:
+    """A directory or `bios://` base model as an absolute path (it must not depend on the
+    working directory or `$BIOS_CHECKPOINT_ROOT` when the adapter is loaded); hub ids as is."""
+    if base_model.startswith(BIOS_URI_PREFIX):
+        return str(resolve_model_path(base_model).resolve())
+    path = Path(base_model).expanduser()
+    return str(path.resolve()) if path.is_dir() else base_model
 
 
 def read_checkpoint_metadata(path_or_uri: str | os.PathLike[str]) -> CheckpointMetadata:
@@ -195,7 +231,9 @@ def read_checkpoint_metadata(path_or_uri: str | os.PathLike[str]) -> CheckpointM
 
 
 def load_checkpoint(
-    path_or_uri: str | os.PathLike[str], *, dtype: torch.dtype | None = None,
+    path_or_uri: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype | None = None,
     trainable: bool = False,
 ) -> tuple[Any, Any]:
     """Load `(model, tokenizer)` from a checkpoint; a LoRA checkpoint gives a peft `PeftModel`

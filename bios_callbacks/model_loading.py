@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from bios_callbacks.atomic_dirs import atomic_directory
 
 if TYPE_CHECKING:
     import torch
@@ -78,8 +78,9 @@ def embedded_cache_dir() -> Path:
 def ensure_embedded_cache() -> Path:
     """Convert the embedded GGUF model to a safetensors directory once; return that directory.
 
-    The directory is written under a temporary name and renamed into place, so a concurrent or
-    interrupted run never sees a half-written cache.
+    The directory is written under a staging name and renamed into place, so a concurrent or
+    interrupted run never sees a half-written cache; its files are readable by all who can
+    read the directory (it may be shared).
     """
     target = embedded_cache_dir()
     if target.is_dir():
@@ -87,22 +88,12 @@ def ensure_embedded_cache() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded_gguf_file()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target, replace=False) as staging:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = _plain_copy(AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name))
         _fix_generation_config(model, tokenizer)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-        try:
-            staging.rename(target)
-        except OSError:
-            if not target.is_dir():  # the rename failed for a reason other than losing a race
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-from bios_callbacks.model_loading import EMBEDDED_MODEL, embedded_cache_dir, load_model
+from bios_callbacks.model_loading import (
+    CACHE_ENV,
+    EMBEDDED_MODEL,
+    embedded_cache_dir,
+    ensure_embedded_cache,
+    load_model,
+)
 from bios_callbacks.tokenizer_utils import get_tokenizer
 
 
@@ -25,6 +33,22 @@ def test_embedded_model_is_cached_and_the_second_load_reuses_the_cache(embedded)
     assert not again.training
     for name, param in model.state_dict().items():
         assert torch.equal(param, again.state_dict()[name]), name
+
+
+@pytest.mark.embedded
+def test_converted_cache_is_readable_by_others_and_leaves_no_staging(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    previous = os.umask(0o022)
+    try:
+        cache = ensure_embedded_cache()
+    finally:
+        os.umask(previous)
+
+    assert cache.is_relative_to(tmp_path) and (cache / "model.safetensors").is_file()
+    assert cache.stat().st_mode & 0o777 == 0o755
+    modes = {p.name: p.stat().st_mode & 0o777 for p in cache.iterdir()}
+    assert modes == dict.fromkeys(modes, 0o644)
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]
 
 
 @pytest.mark.embedded

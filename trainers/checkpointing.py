@@ -3,6 +3,7 @@
 Each checkpoint is a `bios_callbacks.checkpoints.save_checkpoint` directory (weights or LoRA
 adapter, tokenizer, metadata with the latest eval results) that `model_path=` loads, plus
 `trainer_state.ckpt` (optimizer, step count, eval schedule) that `resume_from=` continues from.
+Both appear together: a checkpoint is written beside its directory and swapped in when whole.
 
 Example:
     >>> from trainers.checkpointing import checkpoint_uri
@@ -78,9 +79,12 @@ class CheckpointSaver(L.Callback):
             renderer_name=self.renderer_name,
             step=step,
             eval_results=latest_results(trainer, pl_module),
+            # the full loop state (optimizer, callbacks), not Lightning's weights-only dump
+            extra_files=lambda staging: trainer.save_checkpoint(
+                staging / TRAINER_STATE, weights_only=False
+            ),
         )
         self.last_saved = step
-        trainer.save_checkpoint(path / TRAINER_STATE)
         self.saved.append(path)
         keep = self.cfg.keep_trainer_states
         if keep:

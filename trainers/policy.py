@@ -49,6 +49,7 @@ def load_policy(
         model, tokenizer = load_checkpoint(source, trainable=True)
         if cfg.lora_rank and not cfg.resume_from and meta.weights != "lora":
             model = add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+            base_model = str(source)  # the adapter applies to these weights, not the original
     else:
         if model is None:
             model, tokenizer = load_model(cfg.model_name)
@@ -195,7 +196,7 @@ def fit(
         cfg, base_model=base_model, renderer_name=renderer_name, callbacks=callbacks
     )
     resume = trainer_state(cfg) if cfg.resume_from else None
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
 
     saver = next(cb for cb in trainer.callbacks if isinstance(cb, CheckpointSaver))
     final = checkpoint_uri(saver.saved[-1]) if saver.saved else ""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -122,17 +125,88 @@ def test_prompts_accept_a_bare_prompt_and_keep_extra_keys():
         data.load_prompts([{"question": "x"}], what="train_data")
 
 
-def test_command_line_reports_bad_keys_without_a_traceback():
+def test_cli_values_follow_the_field_types():
+    values = SFTConfig.parse_cli(
+        ["run_name=007", "learning_rate=1e-3", "steps=20", "renderer_name=none", "seed=7"]
+    )
+    assert values == {
+        "run_name": "007",
+        "learning_rate": 1e-3,
+        "steps": 20,
+        "renderer_name": None,
+        "seed": 7,
+    }
+    assert RLConfig.parse_cli(["train_data=007", "temperature=2"]) == {
+        "train_data": "007",
+        "temperature": 2.0,
+    }
+    with pytest.raises(ValueError, match=r"^learning_rate=abc: expected a number"):
+        SFTConfig.parse_cli(["learning_rate=abc"])
+    with pytest.raises(ValueError, match=r"^learning_rate=nan: expected a number"):
+        SFTConfig.parse_cli(["learning_rate=nan"])
+    with pytest.raises(ValueError, match=r"^steps=2.5: expected an integer"):
+        SFTConfig.parse_cli(["steps=2.5"])
+
+
+@dataclasses.dataclass
+class PackedSFTConfig(SFTConfig):
+    """A config with a yes/no setting, as a user's own trainer might add."""
+
+    pack: bool = False
+
+
+def test_cli_reads_yes_no_settings_as_booleans():
+    assert PackedSFTConfig.parse_cli(["pack=true"]) == {"pack": True}
+    assert PackedSFTConfig.parse_cli(["pack=False"]) == {"pack": False}
+    with pytest.raises(ValueError, match="pack=maybe: expected true or false"):
+        PackedSFTConfig.parse_cli(["pack=maybe"])
+
+
+def test_default_run_names_are_unique_and_start_with_the_start_time():
+    names = [SFTConfig(train_data=[CHAT]).run_name for _ in range(20)]
+    assert len(set(names)) == 20  # all made within the same second or two
+    assert all(re.fullmatch(r"sft-\d{8}-\d{6}-[0-9a-f]{6}", name) for name in names), names
+    assert RLConfig(train_data=[{"prompt": "x"}], reward_fn=len).run_name.startswith("rl-")
+
+
+def test_unknown_renderer_is_rejected_with_the_valid_names():
+    with pytest.raises(ValueError, match=r"renderer_name='chatm': expected one of \[.*'chatml'"):
+        SFTConfig(train_data=[CHAT], renderer_name="chatm", run_name="t")
+
+
+@pytest.mark.parametrize(
+    ("trainer", "words", "message"),
+    [
+        ("sft", ["learning_rate=abc"], "error: learning_rate=abc: expected a number"),
+        ("sft", ["batchsize=4"], "error: Unknown SFTConfig key(s) ['batchsize']. Valid keys:"),
+        ("rl", ["reward_fn=len", "group_siz=4"], "error: Unknown RLConfig key(s) ['group_siz']"),
+        ("sft", ["train_data=missing.jsonl"], "error: train_data: no such file 'missing.jsonl'"),
+        ("sft", ["renderer_name=chatm"], "error: renderer_name='chatm': expected one of"),
+        ("sft", ["model_name=./no/such/model"], "error: Model path './no/such/model' is not a"),
+    ],
+    ids=[
+        "bad-number",
+        "unknown-key",
+        "rl-unknown-key",
+        "missing-data",
+        "unknown-renderer",
+        "unknown-model-path",
+    ],
+)
+def test_command_line_user_errors_are_one_line_and_status_2(tmp_path, trainer, words, message):
+    (tmp_path / "train.jsonl").write_text(json.dumps(CHAT) + "\n")
     result = subprocess.run(
-        [sys.executable, "-m", "trainers.sft", "train_data=x.jsonl", "batchsize=4"],
+        [sys.executable, "-m", f"trainers.{trainer}", "train_data=train.jsonl", *words],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "BIOS_CHECKPOINT_ROOT": str(tmp_path / "runs")},
     )
-    assert result.returncode == 2
-    assert "Unknown SFTConfig key(s) ['batchsize']" in result.stdout
-    assert "batch_size" in result.stdout
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith(message), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_default_run_dir_is_where_bios_uris_look(tmp_path, monkeypatch):
@@ -151,12 +225,23 @@ def test_default_run_dir_is_where_bios_uris_look(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("make_config", "settings", "advice"),
     [
-        (lambda: SFTConfig(train_data=[CHAT], batch_size=64, max_length=4096, run_name="t"),
-         "batch_size=64, max_length=4096", "Lower batch_size or max_length"),
-        (lambda: RLConfig(train_data=[{"prompt": "x"}], reward_fn=len, batch_size=16,
-                          group_size=32, max_tokens=512, run_name="t"),
-         "batch_size=16, group_size=32, max_tokens=512",
-         "Lower batch_size, group_size or max_tokens"),
+        (
+            lambda: SFTConfig(train_data=[CHAT], batch_size=64, max_length=4096, run_name="t"),
+            "batch_size=64, max_length=4096",
+            "Lower batch_size or max_length",
+        ),
+        (
+            lambda: RLConfig(
+                train_data=[{"prompt": "x"}],
+                reward_fn=len,
+                batch_size=16,
+                group_size=32,
+                max_tokens=512,
+                run_name="t",
+            ),
+            "batch_size=16, group_size=32, max_tokens=512",
+            "Lower batch_size, group_size or max_tokens",
+        ),
     ],
     ids=["sft", "rl"],
 )
@@ -172,4 +257,3 @@ def test_a_batch_too_large_for_memory_names_the_settings_to_lower(make_config, s
     assert isinstance(error, MemoryError)
     assert settings in str(error)
     assert advice in str(error)
-

@@ -8,10 +8,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import lightning as L
+
 from trainers.config import TrainConfig
+
+# What bad input (settings, data files, model names) raises before training starts.
+INPUT_ERRORS = (ValueError, TypeError, OSError, ImportError)
 
 
 def usage(config_cls: type[TrainConfig], doc: str | None) -> str:
@@ -25,19 +31,37 @@ def usage(config_cls: type[TrainConfig], doc: str | None) -> str:
 
 def run_cli(
     config_cls: type[TrainConfig],
-    train: Callable[[Any], Any],
+    train: Callable[..., Any],
     argv: Sequence[str],
     *,
     doc: str | None = None,
 ) -> int:
-    """Parses `argv` into a config and trains; returns the process exit status."""
+    """Parses `argv` into a config and trains; returns the process exit status.
+
+    Bad input (a setting, a data file, a model or renderer name) found before training starts
+    is one `error: ...` line on stderr and status 2. Errors during training propagate with
+    their traceback (status 1); SIGTERM ends with status 143 (see `trainers.policy.fit`).
+    """
     if not argv or any(a in ("-h", "--help", "help") for a in argv):
         print(usage(config_cls, doc))
         return 0 if argv else 2
+    started = TrainingStarted()
     try:
-        cfg = config_cls.from_cli(argv)
-    except (ValueError, TypeError) as exc:
-        print(f"error: {exc}")
+        train(config_cls.from_cli(argv), callbacks=[started])
+    except INPUT_ERRORS as exc:
+        if started.started:
+            raise
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)
         return 2
-    train(cfg)
     return 0
+
+
+class TrainingStarted(L.Callback):
+    """Tells errors of the training loop apart from bad input found while setting up."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.started = True

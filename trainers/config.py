@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
+import secrets
 import time
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,8 +76,13 @@ class TrainConfig:
     keep_trainer_states: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("eval_every", "infrequent_eval_every", "save_every", "warmup_steps",
-                     "keep_trainer_states"):
+        for name in (
+            "eval_every",
+            "infrequent_eval_every",
+            "save_every",
+            "warmup_steps",
+            "keep_trainer_states",
+        ):
             _check_int(self, name, minimum=0, hint="use 0 to disable it")
         for name in ("steps", "batch_size", "max_length"):
             _check_int(self, name, minimum=1)
@@ -92,8 +101,16 @@ class TrainConfig:
                         "that return an evaluator (or 'module:attribute' strings naming one)."
                     )
             setattr(self, name, builders)
+        if self.renderer_name is not None:
+            from bios_callbacks.renderers import renderer_names
+
+            if self.renderer_name not in renderer_names():
+                raise ValueError(
+                    f"renderer_name={self.renderer_name!r}: expected one of {renderer_names()}, "
+                    "or leave it unset for the model's usual format."
+                )
         if self.run_name is None:
-            self.run_name = f"{self.kind()}-{time.strftime('%Y%m%d-%H%M%S')}"
+            self.run_name = default_run_name(self.kind())
         if self.log_dir is None:
             self.log_dir = str(checkpoint_root() / self.run_name)
 
@@ -133,17 +150,24 @@ class TrainConfig:
 
     @classmethod
     def parse_cli(cls, argv: Sequence[str]) -> dict[str, Any]:
-        """The `key=value` words as a dict of typed values; unknown keys are an error."""
-        values: dict[str, Any] = {}
+        """The `key=value` words as a dict of values of each key's type; unknown keys and
+        values that do not fit the type are errors.
+
+        Example:
+            >>> SFTConfig.parse_cli(["run_name=007", "steps=20", "renderer_name=none"])
+            {'run_name': '007', 'steps': 20, 'renderer_name': None}
+        """
+        words: dict[str, str] = {}
         for word in argv:
             key, sep, raw = word.partition("=")
             if not sep or not key:
                 raise ValueError(
                     f"Argument {word!r} is not key=value. Valid keys: {', '.join(cls.keys())}."
                 )
-            values[key] = _parse_value(raw, is_list=key.endswith("_builders"))
-        cls._check_keys(values)
-        return values
+            words[key] = raw
+        cls._check_keys(words)
+        hints = typing.get_type_hints(cls)
+        return {key: _parse_value(key, raw, hints[key]) for key, raw in words.items()}
 
     @property
     def run_dir(self) -> Path:
@@ -158,20 +182,45 @@ def _check_int(cfg: TrainConfig, name: str, *, minimum: int, hint: str = "") -> 
         raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}{extra}.")
 
 
-def _parse_value(raw: str, *, is_list: bool) -> Any:
-    """Turns a command-line string into None, bool, int, float, a list or the string itself."""
-    if is_list:
-        return [part for part in raw.split(",") if part]
-    lowered = raw.lower()
-    if lowered in ("none", "null"):
+def default_run_name(kind: str) -> str:
+    """`<kind>-<YYYYmmdd-HHMMSS>-<6 random hex digits>`: sorts by start time, and runs started in
+    the same second (a sweep, parallel jobs) still get their own directories."""
+    return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+_NONE_WORDS = ("none", "null")
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _parse_value(key: str, raw: str, hint: Any) -> Any:
+    """Reads a command-line string as the field's type says: strings stay strings (`007`),
+    numbers must parse, lists are comma-separated, `none` is None where the field allows it."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = typing.get_args(hint) if union else (hint,)
+    if type(None) in options and raw.lower() in _NONE_WORDS:
         return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for convert in (int, float):
+    kinds = {typing.get_origin(option) or option for option in options}
+    if str in kinds:
+        return raw
+    if list in kinds:
+        return [part for part in raw.split(",") if part]
+    if bool in kinds:
+        if raw.lower() not in _BOOL_WORDS:
+            raise ValueError(f"{key}={raw}: expected true or false.")
+        return _BOOL_WORDS[raw.lower()]
+    if int in kinds:
         try:
-            return convert(raw)
+            return int(raw)
         except ValueError:
-            pass
+            raise ValueError(f"{key}={raw}: expected an integer.") from None
+    if float in kinds:
+        try:
+            number = float(raw)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise ValueError(f"{key}={raw}: expected a number.")
+        return number
     return raw
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import threading
 
 import lightning as L
 import pytest
@@ -130,3 +132,40 @@ def test_iterations_without_a_reward_spread_leave_the_weights_alone(tiny_model, 
     assert read_checkpoint_metadata(result.checkpoint).step == 3  # the steps still count
     for name, param in tiny_model.named_parameters():
         assert torch.equal(param, after_first.weights[name]), name
+
+
+def test_a_failing_reward_fn_saves_the_last_step_and_stops_the_sampler(
+    tiny_model, tokenizer, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", str(tmp_path))
+    calls = []
+
+    def buggy(response, datum):  # 2 prompts x 2 samples a call each iteration; fails in the third
+        calls.append(response)
+        if len(calls) > 8:
+            raise KeyError("answr")
+        return float(len(calls) % 2)
+
+    cfg = RLConfig(train_data=PROMPTS, reward_fn=buggy, steps=10, batch_size=2, group_size=2,
+                   max_tokens=2, learning_rate=1e-2, run_name="rl-bug")
+    with pytest.raises(KeyError, match="answr"):
+        train(cfg, model=tiny_model, tokenizer=tokenizer)
+
+    assert "Stopped at step 2 by KeyError" in capsys.readouterr().out
+    assert read_checkpoint_metadata("bios://rl-bug/step_000002").step == 2
+    acc = EventAccumulator(str(tmp_path / "rl-bug"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/reward_mean")] == [0, 1]  # logs flushed
+    decoding = [t.name for t in threading.enumerate() if t.name == "bios-decode"]
+    assert decoding == []
+
+
+@pytest.mark.parametrize("bad", [math.nan, None], ids=["nan", "none"])
+def test_a_reward_that_is_not_a_number_names_reward_fn_and_the_datum(
+    tiny_model, tokenizer, tmp_path, monkeypatch, bad
+):
+    monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", str(tmp_path))
+    cfg = RLConfig(train_data=PROMPTS[:1], reward_fn=lambda text, datum: bad, steps=2,
+                   batch_size=1, group_size=2, max_tokens=2, run_name="rl-nan")
+    with pytest.raises(ValueError, match=rf"reward_fn returned {bad} for datum .*'answer': '0'"):
+        train(cfg, model=tiny_model, tokenizer=tokenizer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -192,20 +193,24 @@ def test_lora_run_saves_an_adapter_that_reloads(tiny_model, tokenizer, root, tmp
     assert (meta.renderer_name, meta.base_model) == ("chatml", str(base_dir))
 
 
-def test_command_line_run_on_jsonl(tiny_model, tokenizer, tmp_path):
+@pytest.fixture
+def cli_args(tiny_model, tokenizer, tmp_path) -> list[str]:
+    """The command line's model and data keys: the tiny model saved to a directory, and TRAIN."""
     base_dir = tmp_path / "tiny-base"
     tiny_model.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
     train_file = tmp_path / "train.jsonl"
     train_file.write_text("".join(json.dumps(c) + "\n" for c in TRAIN))
+    return [f"model_name={base_dir}", "renderer_name=chatml", f"train_data={train_file}"]
+
+
+def test_command_line_run_on_jsonl(cli_args, tmp_path):
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "trainers.sft",
-            f"model_name={base_dir}",
-            "renderer_name=chatml",
-            f"train_data={train_file}",
+            *cli_args,
             "steps=2",
             "batch_size=4",
             "run_name=cli-run",
@@ -221,3 +226,32 @@ def test_command_line_run_on_jsonl(tiny_model, tokenizer, tmp_path):
     assert "step 1: train loss" in result.stdout
     assert "saved checkpoint bios://cli-run/step_000002" in result.stdout
     assert read_checkpoint_metadata(tmp_path / "runs/cli-run/checkpoints/step_000002").step == 2
+
+
+def test_sigterm_saves_a_final_checkpoint_flushes_logs_and_exits_143(cli_args, tmp_path):
+    root = tmp_path / "runs"
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "trainers.sft", *cli_args, "steps=100000", "run_name=term"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "BIOS_CHECKPOINT_ROOT": str(root)},
+        )
+        try:
+            for line in process.stdout:
+                if line.startswith("step 0: train loss"):
+                    process.send_signal(signal.SIGTERM)  # what SLURM, Kubernetes, timeout send
+                    break
+            out = process.stdout.read()
+            status = process.wait(timeout=300)
+        finally:
+            process.kill()
+    assert status == 143, (tmp_path / "stderr.txt").read_text()[-2000:]
+    [saved] = (root / "term" / "checkpoints").iterdir()  # save_every=0: only this final one
+    step = read_checkpoint_metadata(saved).step
+    assert step >= 1 and saved.name == f"step_{step:06d}"
+    assert f"Stopped at step {step} by SIGTERM; saving a final checkpoint." in out
+    assert (saved / TRAINER_STATE).exists()  # resume_from= can continue from it
+    assert sorted(scalars(root / "term")["train/loss"]) == list(range(step))

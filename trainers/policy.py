@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from trainers.checkpointing import TRAINER_STATE, CheckpointSaver, checkpoint_uri, latest_results
 from trainers.config import TrainConfig
@@ -108,6 +110,10 @@ class PolicyModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self.model.train()
 
+    def release(self) -> None:
+        """Frees what the module holds besides the model (threads, clients); called when
+        fitting ends, also by an error. Subclasses that hold such things override it."""
+
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         with out_of_memory_explained(self.cfg):  # backward needs the most memory
             super().backward(loss, *args, **kwargs)
@@ -154,7 +160,8 @@ def build_trainer(
                 infrequent_eval_every=cfg.infrequent_eval_every,
             )
         )
-    all_callbacks.append(CheckpointSaver(cfg, base_model=base_model, renderer_name=renderer_name))
+    saver = CheckpointSaver(cfg, base_model=base_model, renderer_name=renderer_name)
+    all_callbacks += [StopSaver(saver), saver]
     all_callbacks.extend(callbacks)
     return L.Trainer(
         max_steps=cfg.steps,
@@ -182,6 +189,44 @@ class TrainResult:
     module: PolicyModule | None = None
 
 
+SIGTERM_EXIT_STATUS = 143  # 128 + SIGTERM, what shells report for a process SIGTERM ended
+
+
+class StopSaver(L.Callback):
+    """When an error or SIGTERM ends training: frees the module's threads and clients, then
+    saves a final checkpoint of the last finished step (Ctrl-C: `CheckpointSaver` saves).
+
+    Lightning turns SIGTERM into `SIGTERMException` once the current step has finished, so the
+    weights saved are those of a whole step; it flushes the loggers after these hooks.
+    """
+
+    def __init__(self, saver: CheckpointSaver):
+        self.saver = saver
+        self.start_step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.start_step = trainer.global_step
+
+    def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
+        pl_module.release()  # the decode thread must not read the weights while they are saved
+        if isinstance(exception, KeyboardInterrupt):
+            return  # CheckpointSaver saves on Ctrl-C
+        step = trainer.global_step
+        reason = (
+            "SIGTERM"
+            if isinstance(exception, SIGTERMException)
+            else f"{type(exception).__name__}: {exception}"
+        )
+        if self.start_step in (None, step):
+            print(f"Stopped at step {step} by {reason}; no step finished, nothing to save.")
+            return
+        print(f"Stopped at step {step} by {reason}; saving a final checkpoint.", flush=True)
+        try:
+            self.saver.save(trainer, pl_module)
+        except Exception as error:  # the original error matters more; say why nothing was saved
+            print(f"warning: the final checkpoint was not saved: {error!r}", file=sys.stderr)
+
+
 def fit(
     cfg: TrainConfig,
     module: PolicyModule,
@@ -191,12 +236,23 @@ def fit(
     renderer_name: str,
     callbacks: Sequence[L.Callback] = (),
 ) -> TrainResult:
-    """Fits `module` (resuming from `cfg.resume_from` if set) and reports the final checkpoint."""
+    """Fits `module` (resuming from `cfg.resume_from` if set) and reports the final checkpoint.
+
+    An error inside the loop saves a checkpoint of the last finished step and propagates;
+    SIGTERM stops after the current step, saves, and raises `SystemExit(143)`; Ctrl-C saves
+    and raises `SystemExit(1)`. The module's threads and clients are released in every case.
+    """
     trainer = build_trainer(
         cfg, base_model=base_model, renderer_name=renderer_name, callbacks=callbacks
     )
     resume = trainer_state(cfg) if cfg.resume_from else None
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
+    try:
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
+    except SIGTERMException:
+        print(f"Stopped by SIGTERM at step {trainer.global_step}.", file=sys.stderr, flush=True)
+        raise SystemExit(SIGTERM_EXIT_STATUS) from None
+    finally:
+        module.release()
 
     saver = next(cb for cb in trainer.callbacks if isinstance(cb, CheckpointSaver))
     final = checkpoint_uri(saver.saved[-1]) if saver.saved else ""

@@ -20,6 +20,7 @@ Python:
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import sys
 import time
@@ -107,12 +108,26 @@ class RLModule(PolicyModule):
         super().on_fit_start()
         self.client = SamplingClient.from_module(self.model, self.tokenizer)
 
-    def on_fit_end(self) -> None:
-        self.client.close()
-
-    def on_exception(self, exception: BaseException) -> None:
+    def release(self) -> None:
+        """Stops the sampling client's decode thread and drops its reference to the model."""
         if self.client is not None:
             self.client.close()
+            self.client = None
+
+    def reward(self, text: str, datum: dict[str, Any]) -> float:
+        """`reward_fn(text, datum)` as a float; anything but a finite number is an error
+        naming the datum (a NaN would silently turn the whole group's advantages into NaN)."""
+        value = self.cfg.reward_fn(text, datum)
+        try:
+            reward = float(value)
+        except (TypeError, ValueError):
+            reward = math.nan
+        if not math.isfinite(reward):
+            raise ValueError(
+                f"reward_fn returned {value!r} for datum {datum!r} and response {text[:200]!r}: "
+                "expected a finite number. Fix reward_fn to return a float for every response."
+            )
+        return reward
 
     async def sample_groups(self, prompts: list[Any]) -> list[Any]:
         """Samples `group_size` completions of every prompt, all prompts at once (one batch)."""
@@ -154,7 +169,7 @@ class RLModule(PolicyModule):
             group = []
             for seq in response.sequences:
                 message, _ = self.renderer.parse_response(seq.tokens)
-                group.append(float(self.cfg.reward_fn(message["content"], datum)))
+                group.append(self.reward(message["content"], datum))
                 lengths.append(len(seq.tokens))
                 truncated += seq.stop_reason == "length"
             mean = statistics.fmean(group)
@@ -212,8 +227,10 @@ def train(
     `model` and `tokenizer` (both or neither) train a model you already hold instead of
     loading `cfg.model_name`. `callbacks` are extra Lightning callbacks, run after the
     evaluation and checkpoint ones.
-    Ctrl-C saves a checkpoint of the current step and exits (Lightning raises SystemExit);
-    `resume_from=` that checkpoint continues the run.
+    Ctrl-C saves a checkpoint of the current step and raises SystemExit(1); SIGTERM (SLURM,
+    Kubernetes, `timeout`) finishes the current step, saves and raises SystemExit(143); an
+    error inside the loop saves the last finished step and propagates. Logs are flushed in
+    each case, and `resume_from=` the checkpoint continues the run.
     """
     prompts = data.load_prompts(cfg.train_data, what="train_data")
 
@@ -236,8 +253,9 @@ def train(
     )
 
     module = RLModule(model, tokenizer, cfg, renderer)
-    return fit(cfg, module, loader, base_model=base_model, renderer_name=renderer_name,
-               callbacks=callbacks)
+    return fit(
+        cfg, module, loader, base_model=base_model, renderer_name=renderer_name, callbacks=callbacks
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ Python:
     >>> result = train(SFTConfig(train_data="train.jsonl", steps=100,  # doctest: +SKIP
     ...     evaluator_builders=[eval_builder_1], eval_every=20))
     >>> result.checkpoint  # doctest: +SKIP
-    'bios://sft-20250101-120000/step_000100'
+    'bios://sft-20250101-120000-3f9a1c/step_000100'
 """
 
 from __future__ import annotations
@@ -115,8 +115,10 @@ def train(
     `model` and `tokenizer` (both or neither) train a model you already hold instead of
     loading `cfg.model_name` (which is still recorded as the checkpoints' base model).
     `callbacks` are extra Lightning callbacks, run after the evaluation and checkpoint ones.
-    Ctrl-C saves a checkpoint of the current step and exits (Lightning raises SystemExit);
-    `resume_from=` that checkpoint continues the run.
+    Ctrl-C saves a checkpoint of the current step and raises SystemExit(1); SIGTERM (SLURM,
+    Kubernetes, `timeout`) finishes the current step, saves and raises SystemExit(143); an
+    error inside the loop saves the last finished step and propagates. Logs are flushed in
+    each case, and `resume_from=` the checkpoint continues the run.
     """
     # data: load and check first, so bad input fails before the model loads
     train_convs = data.load_conversations(cfg.train_data, what="train_data")
@@ -152,8 +154,9 @@ def train(
 
     # train: Lightning runs the loop; callbacks evaluate and checkpoint
     module = SFTModule(model, tokenizer, cfg, test_batches)
-    return fit(cfg, module, loader, base_model=base_model, renderer_name=renderer_name,
-               callbacks=callbacks)
+    return fit(
+        cfg, module, loader, base_model=base_model, renderer_name=renderer_name, callbacks=callbacks
+    )
 
 
 if __name__ == "__main__":

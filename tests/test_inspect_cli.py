@@ -53,6 +53,19 @@ def test_bad_key_names_the_valid_keys():
     assert main(["tasks=no_such_task", f"model_name={EMBEDDED_MODEL}"]) == 2
 
 
+def test_unknown_task_in_an_existing_file_exits_2_listing_its_tasks():
+    result = subprocess.run(
+        [sys.executable, "-m", "bios_callbacks.eval.run_inspect_evals",
+         "tasks=examples/offline_inspect_eval.py@nonexistent", f"model_name={EMBEDDED_MODEL}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "offline_inspect_eval.py has no task 'nonexistent'; its tasks: capitals" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_unknown_task_says_how_tasks_are_named():
     with pytest.raises(TaskNotFoundError, match=r"'no_such_task'.*file\.py@task_name"):
         resolve_task("no_such_task")
@@ -60,6 +73,8 @@ def test_unknown_task_says_how_tasks_are_named():
         resolve_task("inspect_evals/ifeval")
     with pytest.raises(TaskNotFoundError, match="has no 'nope'"):
         resolve_task("inspect_tasks_fixture:nope")
+    with pytest.raises(TaskNotFoundError, match=r"has no task 'nope'; its tasks: echo, "):
+        resolve_task(f"{FIXTURE}@nope")
 
 
 def test_hub_dataset_fails_at_once_naming_it(monkeypatch):

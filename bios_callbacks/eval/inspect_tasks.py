@@ -83,16 +83,26 @@ def _as_task(obj: Any, label: str) -> Task:
 
 def _task_from_file(spec: str) -> Task:
     from inspect_ai._eval.loader import load_task_spec
+    from inspect_ai._util.decorator import parse_decorators
+    from inspect_ai._util.error import PrerequisiteError
 
-    file = spec.partition("@")[0]
+    file, _, name = spec.partition("@")
     if not Path(file).is_file():
         raise TaskNotFoundError(f"Unknown task {spec!r}: no file {file!r}. {TASK_NAMING}")
-    tasks = load_task_spec(spec)
+    try:
+        tasks = load_task_spec(spec)
+    except PrerequisiteError as error:
+        defined = [found[0] for found in parse_decorators(Path(file), "task")]
+        if name in defined:
+            raise
+        raise TaskNotFoundError(
+            f"Unknown task {spec!r}: {file} has no task {name!r}; its tasks: "
+            f"{', '.join(defined) or 'none'}. Use {file}@task_name."
+        ) from error
     if len(tasks) != 1:
         found = "none" if not tasks else ", ".join(t.name for t in tasks)
         raise TaskNotFoundError(
-            f"{spec!r} names {len(tasks)} tasks (found: {found}); "
-            f"pick one with {file}@task_name."
+            f"{spec!r} names {len(tasks)} tasks (found: {found}); pick one with {file}@task_name."
         )
     return tasks[0]
 

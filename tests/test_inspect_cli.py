@@ -34,8 +34,14 @@ def _restore_terminal():
 def checkpoint(tiny_model, tokenizer, tmp_path):
     from bios_callbacks.checkpoints import save_checkpoint
 
-    return save_checkpoint(tmp_path / "run" / "checkpoints" / "final", tiny_model, tokenizer,
-                           base_model=EMBEDDED_MODEL, renderer_name="chatml", step=7)
+    return save_checkpoint(
+        tmp_path / "run" / "checkpoints" / "final",
+        tiny_model,
+        tokenizer,
+        base_model=EMBEDDED_MODEL,
+        renderer_name="chatml",
+        step=7,
+    )
 
 
 def test_bad_key_names_the_valid_keys():
@@ -55,9 +61,17 @@ def test_bad_key_names_the_valid_keys():
 
 def test_unknown_task_in_an_existing_file_exits_2_listing_its_tasks():
     result = subprocess.run(
-        [sys.executable, "-m", "bios_callbacks.eval.run_inspect_evals",
-         "tasks=examples/offline_inspect_eval.py@nonexistent", f"model_name={EMBEDDED_MODEL}"],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "bios_callbacks.eval.run_inspect_evals",
+            "tasks=examples/offline_inspect_eval.py@nonexistent",
+            f"model_name={EMBEDDED_MODEL}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "offline_inspect_eval.py has no task 'nonexistent'; its tasks: capitals" in (
@@ -90,8 +104,13 @@ def test_hub_dataset_fails_at_once_naming_it(monkeypatch):
 
 
 def test_cli_on_a_checkpoint(checkpoint, capsys):
-    status = main([f"model_path={checkpoint}", f"tasks={FIXTURE}@echo,{FIXTURE}@partly_broken",
-                   "max_tokens=4"])
+    status = main(
+        [
+            f"model_path={checkpoint}",
+            f"tasks={FIXTURE}@echo,{FIXTURE}@partly_broken",
+            "max_tokens=4",
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0
     assert "echo/match/accuracy" in out
@@ -107,8 +126,9 @@ def test_cli_on_a_checkpoint(checkpoint, capsys):
 
 def test_cli_with_bios_uri(checkpoint, monkeypatch, capsys):
     monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", str(checkpoint.parent.parent.parent))
-    status = main(["model_path=bios://run/final", f"tasks={FIXTURE}@echo", "limit=2",
-                   "max_tokens=3"])
+    status = main(
+        ["model_path=bios://run/final", f"tasks={FIXTURE}@echo", "limit=2", "max_tokens=3"]
+    )
     assert status == 0
     assert json.loads((checkpoint / "evals" / "echo.json").read_text())["samples"] == 2
 
@@ -116,10 +136,28 @@ def test_cli_with_bios_uri(checkpoint, monkeypatch, capsys):
 def test_inspect_eval_cli_route(checkpoint, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "INSPECT_DISPLAY": "none"}
     result = subprocess.run(
-        [sys.executable, "-m", "inspect_ai", "eval", f"{FIXTURE}@echo", "--model",
-         f"bios/{checkpoint}", "-M", "renderer_name=chatml", "--max-tokens", "3",
-         "--log-dir", str(tmp_path / "logs"), "--log-format", "json"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "inspect_ai",
+            "eval",
+            f"{FIXTURE}@echo",
+            "--model",
+            f"bios/{checkpoint}",
+            "-M",
+            "renderer_name=chatml",
+            "--max-tokens",
+            "3",
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--log-format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     [log_file] = (tmp_path / "logs").glob("*.json")
@@ -131,9 +169,16 @@ def test_inspect_eval_cli_route(checkpoint, tmp_path):
 
 @pytest.mark.embedded
 def test_cli_on_the_base_model_in_bfloat16(embedded, tmp_path, capsys):
-    status = main([f"model_name={EMBEDDED_MODEL}", "renderer_name=chatml",
-                   f"tasks={REPO}/examples/offline_inspect_eval.py@capitals", "max_tokens=48",
-                   f"log_dir={tmp_path}", "dtype=bfloat16"])
+    status = main(
+        [
+            f"model_name={EMBEDDED_MODEL}",
+            "renderer_name=chatml",
+            f"tasks={REPO}/examples/offline_inspect_eval.py@capitals",
+            "max_tokens=48",
+            f"log_dir={tmp_path}",
+            "dtype=bfloat16",
+        ]
+    )
     assert status == 0
     result = json.loads((tmp_path / "evals" / "capitals.json").read_text())
     assert result["metrics"]["capitals/includes/accuracy"] >= 0.5

@@ -116,8 +116,9 @@ class WeightsAtStep(L.Callback):
             self.weights = {n: p.detach().clone() for n, p in pl_module.model.named_parameters()}
 
 
-def test_iterations_without_a_reward_spread_leave_the_weights_alone(tiny_model, tokenizer,
-                                                                    tmp_path, monkeypatch):
+def test_iterations_without_a_reward_spread_leave_the_weights_alone(
+    tiny_model, tokenizer, tmp_path, monkeypatch
+):
     monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", str(tmp_path))
     calls = []
 
@@ -125,8 +126,16 @@ def test_iterations_without_a_reward_spread_leave_the_weights_alone(tiny_model, 
         calls.append(response)
         return float(len(calls) % 2) if len(calls) <= 4 else 1.0
 
-    cfg = RLConfig(train_data=PROMPTS, reward_fn=spread_only_at_first, steps=3, batch_size=2,
-                   group_size=2, max_tokens=2, learning_rate=1e-2, run_name="rl-flat")
+    cfg = RLConfig(
+        train_data=PROMPTS,
+        reward_fn=spread_only_at_first,
+        steps=3,
+        batch_size=2,
+        group_size=2,
+        max_tokens=2,
+        learning_rate=1e-2,
+        run_name="rl-flat",
+    )
     after_first = WeightsAtStep(1)
     result = train(cfg, model=tiny_model, tokenizer=tokenizer, callbacks=[after_first])
     assert read_checkpoint_metadata(result.checkpoint).step == 3  # the steps still count
@@ -146,8 +155,16 @@ def test_a_failing_reward_fn_saves_the_last_step_and_stops_the_sampler(
             raise KeyError("answr")
         return float(len(calls) % 2)
 
-    cfg = RLConfig(train_data=PROMPTS, reward_fn=buggy, steps=10, batch_size=2, group_size=2,
-                   max_tokens=2, learning_rate=1e-2, run_name="rl-bug")
+    cfg = RLConfig(
+        train_data=PROMPTS,
+        reward_fn=buggy,
+        steps=10,
+        batch_size=2,
+        group_size=2,
+        max_tokens=2,
+        learning_rate=1e-2,
+        run_name="rl-bug",
+    )
     with pytest.raises(KeyError, match="answr"):
         train(cfg, model=tiny_model, tokenizer=tokenizer)
 
@@ -165,7 +182,14 @@ def test_a_reward_that_is_not_a_number_names_reward_fn_and_the_datum(
     tiny_model, tokenizer, tmp_path, monkeypatch, bad
 ):
     monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", str(tmp_path))
-    cfg = RLConfig(train_data=PROMPTS[:1], reward_fn=lambda text, datum: bad, steps=2,
-                   batch_size=1, group_size=2, max_tokens=2, run_name="rl-nan")
+    cfg = RLConfig(
+        train_data=PROMPTS[:1],
+        reward_fn=lambda text, datum: bad,
+        steps=2,
+        batch_size=1,
+        group_size=2,
+        max_tokens=2,
+        run_name="rl-nan",
+    )
     with pytest.raises(ValueError, match=rf"reward_fn returned {bad} for datum .*'answer': '0'"):
         train(cfg, model=tiny_model, tokenizer=tokenizer)

@@ -108,8 +108,11 @@ def test_sft_learns_logs_and_checkpoints(tiny_model, tokenizer, root, capsys):
     assert (checkpoints / "step_000012" / TRAINER_STATE).exists()
     assert read_checkpoint_metadata(checkpoints / "step_000008").step == 8
     with pytest.raises(FileNotFoundError, match="keep_trainer_states"):
-        train(SFTConfig(**{**cfg.__dict__, "resume_from": "bios://sft-e2e/step_000008"}),
-              model=result.module.model, tokenizer=tokenizer)
+        train(
+            SFTConfig(**{**cfg.__dict__, "resume_from": "bios://sft-e2e/step_000008"}),
+            model=result.module.model,
+            tokenizer=tokenizer,
+        )
 
 
 class InterruptAt(L.Callback):
@@ -184,8 +187,15 @@ def test_lora_run_saves_an_adapter_that_reloads(tiny_model, tokenizer, root, tmp
     assert trainable and all("lora_" in n for n in trainable)
 
     # a new run can start from the checkpoint: its adapter trains on, in its own chat format
-    fresh = {**cfg.__dict__, "model_name": result.checkpoint, "renderer_name": None,
-             "lora_rank": 0, "steps": 1, "run_name": "sft-from-lora", "log_dir": None}
+    fresh = {
+        **cfg.__dict__,
+        "model_name": result.checkpoint,
+        "renderer_name": None,
+        "lora_rank": 0,
+        "steps": 1,
+        "run_name": "sft-from-lora",
+        "log_dir": None,
+    }
     started = train(SFTConfig(**fresh))
     trainable = [n for n, p in started.module.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)

@@ -144,7 +144,9 @@ def run(args: EvalArgs) -> int:
     # checkpoint's renderer comes from its metadata unless renderer_name is given.
     api = InspectAPIFromBiosSampling(
         model_name=source,
-        renderer_name=args.renderer_name, dtype=args.dtype, config=config,
+        renderer_name=args.renderer_name,
+        dtype=args.dtype,
+        config=config,
     )
     try:
         results = asyncio.run(

@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 import torch
@@ -38,16 +38,20 @@ DEFAULT_MAX_BATCH_SIZE = 32
 """Most sequences decoding at once, unless a client says otherwise."""
 DEFAULT_MAX_CACHE_TOKENS = 65_536
 """Bound on rows x cached positions (KV-cache memory), unless a client says otherwise."""
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+"""Names `compute_dtype` accepts (or the torch dtypes themselves)."""
 
 _SEED_STRIDE = 0x9E3779B97F4A7C15
 _SEED_MASK = (1 << 63) - 1
 
 
-@dataclass
+@dataclass(eq=False)
 class Request:
     """One `sample` call: a prompt, how many samples, how to sample, where the answer goes.
 
     `seed` seeds sample i with `seed + i * stride`: the params' seed, else one drawn by the caller.
+    A request with more samples than fit at once joins the batch in waves; `admitted` counts the
+    samples already in it. Cancelling `future` drops its rows at the next decode step.
     """
 
     prompt: list[int]
@@ -57,6 +61,7 @@ class Request:
     seed: int = 0
     future: Future = field(default_factory=Future)
     results: list[SampledSequence | None] = field(default_factory=list)
+    admitted: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.results = [None] * self.num_samples
@@ -106,8 +111,8 @@ class _Sequence:
     def _finish(self, reason: str) -> None:
         request = self.request
         request.results[self.index] = SampledSequence(self.tokens, self.logprobs, reason)
-        if all(r is not None for r in request.results) and not request.future.done():
-            request.future.set_result(SampleResponse(sequences=list(request.results)))
+        if all(r is not None for r in request.results):
+            _settle(request.future, SampleResponse(sequences=list(request.results)))
 
 
 class _Batch:
@@ -128,6 +133,12 @@ class _Batch:
 
     def longest_reservation(self) -> int:
         return max((s.request.reserved_tokens for s in self.seqs), default=0)
+
+    def drop_abandoned(self) -> None:
+        """Drops the rows of requests already resolved: cancelled by their caller, or failed."""
+        rows = [row for row, seq in enumerate(self.seqs) if not seq.request.future.done()]
+        if len(rows) < len(self):
+            self.keep(rows)
 
     def keep(self, rows: list[int]) -> None:
         """Keeps only `rows`, then drops leading cache positions that are padding in all of them."""
@@ -163,13 +174,19 @@ class DecodeEngine:
         max_batch_size: most sequences decoding at once.
         max_cache_tokens: bound on rows x cached positions, which bounds KV-cache memory.
         max_prefill_tokens: bound on padded prompt tokens prefilled in one forward pass.
-        compute_dtype: if set (e.g. `torch.bfloat16`), decode under autocast to this dtype; the
-            weights stay as they are and their cast copies are reused for a whole busy period.
+        compute_dtype: if set, decode under autocast to this dtype: a torch dtype or its name,
+            one of `COMPUTE_DTYPES` (e.g. `torch.bfloat16` or "bfloat16"); the weights stay as
+            they are and their cast copies are reused for a whole busy period.
         admit_window_s: when idle, how long to wait for more requests before starting, so that
             requests issued together (e.g. by `asyncio.gather`) start as one batch.
         prefix_caching: prefill a prompt prefix shared by recent requests (a system prompt,
             few-shot examples) once, and only the rest of each prompt (see `prefix_cache`).
             Always off for sliding-window models.
+
+    Failures: an error in one prefill or decode step fails the requests in it; any other
+    error in the decode thread fails every request taken or queued, with a RuntimeError naming
+    it, and the thread goes on serving. A request whose future is cancelled leaves the batch at
+    the next step.
     """
 
     def __init__(
@@ -180,18 +197,20 @@ class DecodeEngine:
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_cache_tokens: int = DEFAULT_MAX_CACHE_TOKENS,
         max_prefill_tokens: int = 8_192,
-        compute_dtype: torch.dtype | None = None,
+        compute_dtype: torch.dtype | str | None = None,
         admit_window_s: float = 0.005,
         prefix_caching: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size}: expected at least 1.")
+        if max_cache_tokens < 1:
+            raise ValueError(f"max_cache_tokens={max_cache_tokens}: expected at least 1.")
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size = max_batch_size
         self.max_cache_tokens = max_cache_tokens
         self.max_prefill_tokens = max_prefill_tokens
         self.admit_window_s = admit_window_s
-        self.compute_dtype = compute_dtype
+        self.compute_dtype = _as_compute_dtype(compute_dtype)
         config = model.config
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.context_length: int | None = getattr(text_config, "max_position_embeddings", None)
@@ -207,6 +226,8 @@ class DecodeEngine:
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._held: list[Request] = []  # taken off the queue by the decode thread, not resolved
+        self._dead: BaseException | None = None  # why the decode thread stopped, if it did
         _OPEN_ENGINES.add(self)
         self._idle = threading.Event()
         self._idle.set()
@@ -216,10 +237,28 @@ class DecodeEngine:
         return next(self.model.parameters()).device
 
     def submit(self, request: Request) -> Future:
-        """Queues a validated request; its future resolves to a `SampleResponse`."""
+        """Queues a validated request; its future resolves to a `SampleResponse`.
+
+        Raises ValueError if one of its samples can never fit `max_cache_tokens`, and
+        RuntimeError if the engine is closed or its decode thread has stopped.
+        """
+        if request.reserved_tokens > self.max_cache_tokens:
+            raise ValueError(
+                f"One sample needs {len(request.prompt)} prompt + {request.max_new_tokens} new "
+                f"tokens = {request.reserved_tokens} cache positions, more than "
+                f"max_cache_tokens={self.max_cache_tokens}: create the client with "
+                f"max_cache_tokens >= {request.reserved_tokens}, or lower "
+                "SamplingParams.max_tokens or shorten the prompt."
+            )
         with self._wakeup:
             if self._closed:
                 raise RuntimeError("This sampling client is closed; create a new one.")
+            if self._dead is not None or (self._thread and not self._thread.is_alive()):
+                cause = repr(self._dead) if self._dead is not None else "cause unknown"
+                raise RuntimeError(
+                    f"The sampling engine's decode thread stopped ({cause}); create a new "
+                    "sampling client."
+                ) from self._dead
             self._queue.append(request)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="bios-decode", daemon=True)
@@ -242,23 +281,52 @@ class DecodeEngine:
     # The decode thread.
 
     def _run(self) -> None:
-        while True:
+        try:
+            while self._serve_busy_period():
+                pass
+        except BaseException as error:  # the loop itself broke: refuse new work from now on
             with self._wakeup:
-                while not self._queue and not self._closed:
-                    self._wakeup.wait()
-                if self._closed:
-                    for request in self._queue:
-                        request.future.cancel()
-                    return
-                self._idle.clear()
+                self._dead = error
+            self._fail_pending(error, "the engine stopped; create a new sampling client")
+            self._idle.set()
+
+    def _serve_busy_period(self) -> bool:
+        """Waits for work and serves until nothing is left; returns False once closed.
+
+        An unexpected error fails every request taken or queued, and serving goes on.
+        """
+        with self._wakeup:
+            while not self._queue and not self._closed:
+                self._wakeup.wait()
+            if self._closed:
+                for request in self._queue:
+                    request.future.cancel()
+                return False
+            self._idle.clear()
+        try:
             time.sleep(self.admit_window_s)
             if self._prefixes is not None:  # a live model's weights change while we are idle
                 self._prefixes.check_weights(self.model)
-            try:
-                with torch.no_grad(), evaluation_mode(self.model), self._autocast():
-                    self._serve_until_idle()
-            finally:
-                self._idle.set()
+            with torch.no_grad(), evaluation_mode(self.model), self._autocast():
+                self._serve_until_idle()
+        except Exception as error:
+            self._fail_pending(error, "new requests are served again")
+        finally:
+            self._idle.set()
+        return True
+
+    def _fail_pending(self, error: BaseException, outlook: str) -> None:
+        """Fails the requests the decode thread holds and those queued, naming `error`."""
+        with self._wakeup:
+            pending = [*self._held, *self._queue]
+            self._held = []
+            self._queue.clear()
+        failure = RuntimeError(
+            f"sampling engine failed: {type(error).__name__}: {error}. The requests in flight "
+            f"were failed; {outlook}."
+        )
+        failure.__cause__ = error
+        _fail(pending, failure)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.compute_dtype is None:
@@ -268,10 +336,12 @@ class DecodeEngine:
     def _serve_until_idle(self) -> None:
         batch: _Batch | None = None
         while True:
+            if batch is not None:
+                batch.drop_abandoned()
             batch = self._admit(batch)
             if batch is None:
                 with self._wakeup:
-                    if not self._queue:
+                    if not self._queue or self._closed:
                         return
                 continue
             if self._closed:
@@ -285,33 +355,43 @@ class DecodeEngine:
                 batch = None
 
     def _admit(self, batch: _Batch | None) -> _Batch | None:
-        """Moves queued requests that fit into the batch, prefilling them in groups.
+        """Moves queued samples that fit into the batch, prefilling them in groups.
 
-        Returns the batch, or None when nothing is decoding.
+        Samples join in queue order while rows and cache allow; a request that does not fit
+        whole joins in waves, its later samples as rows free up. Returns the batch, or None when
+        nothing is decoding.
         """
-        if batch is not None and len(batch) and not self._queue:
+        if batch is not None and not len(batch):
+            batch = None  # a fresh batch rather than new rows padded to a finished one's width
+        if batch is not None and not self._queue:
             return batch  # nothing waiting: the usual step
         rows = len(batch) if batch else 0
         longest = batch.longest_reservation() if batch else 0
-        group: list[Request] = []
+        parts: list[_Part] = []
         with self._wakeup:
             while self._queue and not self._closed:
                 request = self._queue[0]
-                new_rows = rows + request.num_samples
+                if request.future.done():  # cancelled, or failed, while it waited
+                    self._queue.popleft()
+                    continue
                 new_longest = max(longest, request.reserved_tokens)
-                too_big = (new_rows > self.max_batch_size
-                           or new_rows * new_longest > self.max_cache_tokens)
-                if too_big and rows > 0:
+                room = min(self.max_batch_size, self.max_cache_tokens // new_longest) - rows
+                if room < 1:
                     break
+                count = min(room, request.num_samples - request.admitted)
+                parts.append((request, range(request.admitted, request.admitted + count)))
+                request.admitted += count
+                rows, longest = rows + count, new_longest
+                if request.admitted < request.num_samples:
+                    break  # the rest of its samples wait for rows to free up
                 self._queue.popleft()
-                if request.future.set_running_or_notify_cancel():
-                    group.append(request)
-                    rows, longest = new_rows, new_longest
-        for chunk in self._prefill_chunks(group):
+            held = [r for r in self._held if not r.future.done()]
+            self._held = held + [r for r, _ in parts if r not in held]
+        for chunk in self._prefill_chunks(parts):
             try:
                 admitted = self._prefill(chunk)
             except Exception as error:  # e.g. out of memory: fail these requests only
-                _fail(chunk, error)
+                _fail([request for request, _ in chunk], error)
                 continue
             if batch is None:
                 batch = admitted
@@ -319,22 +399,22 @@ class DecodeEngine:
                 batch.extend(admitted, headroom=longest)
         return batch if batch is not None and len(batch) else None
 
-    def _prefill_chunks(self, group: list[Request]) -> list[list[Request]]:
-        chunks: list[list[Request]] = []
-        for request in group:
+    def _prefill_chunks(self, parts: list[_Part]) -> list[list[_Part]]:
+        chunks: list[list[_Part]] = []
+        for part in parts:
             if chunks:
                 chunk = chunks[-1]
-                width = max(len(request.prompt), *(len(r.prompt) for r in chunk))
+                width = max(len(part[0].prompt), *(len(r.prompt) for r, _ in chunk))
                 if (len(chunk) + 1) * width <= self.max_prefill_tokens:
-                    chunk.append(request)
+                    chunk.append(part)
                     continue
-            chunks.append([request])
+            chunks.append([part])
         return chunks
 
-    def _prefill(self, requests: list[Request]) -> _Batch:
+    def _prefill(self, parts: list[_Part]) -> _Batch:
         """Runs the prompts through the model (after a cached shared prefix, if any)."""
         device = self.device
-        prompts = [r.prompt for r in requests]
+        prompts = [request.prompt for request, _ in parts]
         prefix = self._prefixes.find(prompts) if self._prefixes is not None else None
         start = len(prefix.tokens) if prefix is not None else 0
         width = max(len(p) for p in prompts) - start
@@ -353,13 +433,13 @@ class DecodeEngine:
         positions = (mask.cumsum(1) - 1).clamp(min=0)[:, start:]
         logits = self._forward(ids, mask, positions, cache, prefill=True)
 
-        if any(r.num_samples > 1 for r in requests):
-            repeats = torch.tensor([r.num_samples for r in requests], device=device)
-            index = torch.repeat_interleave(torch.arange(len(requests), device=device), repeats)
+        if any(len(samples) > 1 for _, samples in parts):
+            repeats = torch.tensor([len(samples) for _, samples in parts], device=device)
+            index = torch.repeat_interleave(torch.arange(len(parts), device=device), repeats)
             cache.select_rows(index)
             mask, logits = mask[index], logits[index]
-        seqs = [_Sequence(r, i, self._stop_ids, self.tokenizer)
-                for r in requests for i in range(r.num_samples)]
+        seqs = [_Sequence(request, i, self._stop_ids, self.tokenizer)
+                for request, samples in parts for i in samples]
         batch = _Batch(seqs, cache, mask)
         self._advance(batch, logits)
         return batch
@@ -404,10 +484,37 @@ class DecodeEngine:
             batch.keep(keep)
 
 
+_Part = tuple[Request, range]
+"""A request and the indices of its samples joining the batch now."""
+
+
+def _settle(future: Future, result: object = None, error: BaseException | None = None) -> None:
+    """Resolves `future` unless it is done already (its caller may cancel it at any moment)."""
+    if future.done():
+        return
+    with contextlib.suppress(InvalidStateError):  # cancelled since the check
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
 def _fail(requests: list[Request], error: BaseException) -> None:
     for request in requests:
-        if not request.future.done():
-            request.future.set_exception(error)
+        _settle(request.future, error=error)
+
+
+def _as_compute_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    """`value` (a torch dtype or its name) as a torch dtype; None stays None."""
+    if value is None:
+        return None
+    name = str(value).removeprefix("torch.")  # str(torch.bfloat16) == "torch.bfloat16"
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"compute_dtype={value!r}: expected a torch dtype or its name, one of "
+            f"{list(COMPUTE_DTYPES)}, e.g. compute_dtype='bfloat16'."
+        )
+    return getattr(torch, name)
 
 
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:

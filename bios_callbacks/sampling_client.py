@@ -45,7 +45,7 @@ class SamplingClient:
         model_name: str | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_cache_tokens: int = DEFAULT_MAX_CACHE_TOKENS,
-        compute_dtype: torch.dtype | None = None,
+        compute_dtype: torch.dtype | str | None = None,
         prefix_caching: bool = True,
     ) -> SamplingClient:
         """A client over a live transformers causal LM, sharing its weights (no copy).
@@ -59,9 +59,11 @@ class SamplingClient:
             model_name: a name reported by integrations (e.g. Inspect logs).
             max_batch_size: most sequences decoding at once.
             max_cache_tokens: bound on sequences x cached positions (KV-cache memory).
-            compute_dtype: decode under autocast to this dtype, e.g. `torch.bfloat16` (about
-                1.6x faster on CPUs with AVX512-BF16 or AMX, and on GPUs); the module's own
-                weights are not changed. None (default) computes in the weights' dtype.
+            compute_dtype: decode under autocast to this dtype, a torch dtype or its name
+                ("bfloat16", "float16", "float32"), e.g. `torch.bfloat16` (about 1.6x faster
+                on CPUs with AVX512-BF16 or AMX, and on GPUs); the module's own weights are not
+                changed. None (default) computes in the weights' dtype. Another name is a
+                ValueError.
             prefix_caching: prefill a prompt prefix that recent requests share (a system
                 prompt, few-shot examples) once instead of per request. Results are the same
                 up to float rounding; turn it off to make each prompt's prefill independent.
@@ -99,6 +101,9 @@ class SamplingClient:
         """Generates `num_samples` continuations of `prompt`.
 
         Bad input raises here and fails this call only; other requests keep decoding.
+        Cancelling the call (or timing it out with `asyncio.wait_for`) frees its rows at the
+        next decode step. More samples than `max_batch_size` decode in waves, with the same
+        results as in one batch.
         """
         request = self._request(prompt, num_samples, sampling_params)
         return await asyncio.wrap_future(self._engine.submit(request))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from bios_callbacks.decode_engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CACHE_TOKENS
+from bios_callbacks.decode_engine import (
+    COMPUTE_DTYPES,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_CACHE_TOKENS,
+)
 from bios_callbacks.sampling_client import SamplingClient
-
-_DTYPES = {"float32", "bfloat16", "float16"}
 
 
 class ServiceClient:
@@ -32,8 +34,8 @@ class ServiceClient:
         max_cache_tokens: int = DEFAULT_MAX_CACHE_TOKENS,
         dtype: str = "float32",
     ) -> None:
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)}.")
+        if dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype={dtype!r}: expected one of {list(COMPUTE_DTYPES)}.")
         self._dtype = dtype
         self._engine_options = {"max_batch_size": max_batch_size,
                                 "max_cache_tokens": max_cache_tokens}

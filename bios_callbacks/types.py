@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -86,12 +87,12 @@ class SamplingParams:
                 f"SamplingParams.max_tokens={self.max_tokens!r}: expected a positive integer, "
                 "e.g. max_tokens=64."
             )
-        if self.temperature < 0:
+        if not _is_finite_number(self.temperature) or self.temperature < 0:
             raise ValueError(
-                f"SamplingParams.temperature={self.temperature!r}: expected >= 0 "
+                f"SamplingParams.temperature={self.temperature!r}: expected a finite number >= 0 "
                 "(0 means greedy decoding)."
             )
-        if not 0 < self.top_p <= 1:
+        if not _is_finite_number(self.top_p) or not 0 < self.top_p <= 1:
             raise ValueError(
                 f"SamplingParams.top_p={self.top_p!r}: expected a value in (0, 1]; "
                 "use 1.0 to disable nucleus sampling."
@@ -124,6 +125,10 @@ class SamplingParams:
         if self.stop is None or isinstance(self.stop, str):
             return []
         return [int(s) for s in self.stop if not isinstance(s, str)]
+
+
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 @dataclass

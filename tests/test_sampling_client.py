@@ -79,6 +79,37 @@ def test_batch_and_memory_bounds_are_respected(tiny_model, tokenizer, bound):
     assert [r.sequences[0].tokens for r in results] == expected
 
 
+@pytest.mark.parametrize("bound", ["max_batch_size", "max_cache_tokens"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_many_samples_decode_in_waves_within_the_bounds(tiny_model, tokenizer, bound,
+                                                        temperature):
+    prompt = _prompts(tokenizer, 1)[0]
+    params = types.SamplingParams(max_tokens=12, temperature=temperature, seed=5)
+    with SamplingClient.from_module(tiny_model, tokenizer) as reference:
+        expected = reference.sample(prompt, 16, params).sequences
+    rows_per_sample = len(prompt) + params.max_tokens  # cache positions one sample reserves
+    limit = {"max_batch_size": 4, "max_cache_tokens": 4 * rows_per_sample}[bound]
+    rows: list[int] = []
+    hook = tiny_model.register_forward_hook(lambda m, args, kw, out: rows.append(
+        kw["input_ids"].shape[0]), with_kwargs=True)
+    with SamplingClient.from_module(tiny_model, tokenizer, **{bound: limit}) as client:
+        response = asyncio.run(asyncio.wait_for(client.sample_async(prompt, 16, params), 60))
+    hook.remove()
+    assert max(rows) == 4
+    assert [s.tokens for s in response.sequences] == [s.tokens for s in expected]
+    torch.testing.assert_close(torch.tensor([s.logprobs for s in response.sequences]),
+                               torch.tensor([s.logprobs for s in expected]))
+
+
+def test_a_sample_that_can_never_fit_the_cache_is_refused(tiny_model, tokenizer):
+    prompt = _prompts(tokenizer, 1)[0]
+    with SamplingClient.from_module(tiny_model, tokenizer, max_cache_tokens=50) as client:
+        with pytest.raises(ValueError, match=rf"{len(prompt) + 100} cache positions.*"
+                                             r"max_cache_tokens=50"):
+            client.sample(prompt, 1, types.SamplingParams(max_tokens=100))
+        assert len(client.sample(prompt, 1, GREEDY).sequences[0].tokens) == 12
+
+
 def test_length_and_stop_token(client, tokenizer):
     prompt = _prompts(tokenizer, 1)[0]
     full = client.sample(prompt, 1, GREEDY).sequences[0]
@@ -201,7 +232,10 @@ def test_bad_requests_name_the_problem(client, prompt, num_samples, message):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"max_tokens": 0}, "max_tokens=0"), ({"temperature": -1.0}, "temperature=-1.0"),
-     ({"top_p": 0.0}, "top_p=0.0"), ({"top_k": -5}, "top_k=-5"),
+     ({"temperature": float("nan")}, "temperature=nan"),
+     ({"temperature": float("inf")}, "temperature=inf"),
+     ({"top_p": 0.0}, "top_p=0.0"), ({"top_p": float("nan")}, "top_p=nan"),
+     ({"top_k": -5}, "top_k=-5"),
      ({"stop": ["ok", None]}, r"stop\[1\]=None"), ({"stop": ""}, r"stop\[0\]=''"),
      ({"stop": [1.5]}, r"stop\[0\]=1.5")],
 )

@@ -438,8 +438,11 @@ class DecodeEngine:
             index = torch.repeat_interleave(torch.arange(len(parts), device=device), repeats)
             cache.select_rows(index)
             mask, logits = mask[index], logits[index]
-        seqs = [_Sequence(request, i, self._stop_ids, self.tokenizer)
-                for request, samples in parts for i in samples]
+        seqs = [
+            _Sequence(request, i, self._stop_ids, self.tokenizer)
+            for request, samples in parts
+            for i in samples
+        ]
         batch = _Batch(seqs, cache, mask)
         self._advance(batch, logits)
         return batch
@@ -449,13 +452,17 @@ class DecodeEngine:
         cache = BatchCache()
         positions = torch.arange(len(tokens), device=self.device)[None]
         self._forward(ids, torch.ones_like(ids), positions, cache, prefill=True)
-        return SharedPrefix(tuple(tokens), tuple(layer.keys for layer in cache.layers),
-                            tuple(layer.values for layer in cache.layers))
+        return SharedPrefix(
+            tuple(tokens),
+            tuple(layer.keys for layer in cache.layers),
+            tuple(layer.values for layer in cache.layers),
+        )
 
     def _decode_step(self, batch: _Batch) -> None:
         mask = torch.nn.functional.pad(batch.mask, (0, 1), value=1)
-        logits = self._forward(batch.next_input[:, None], mask, batch.positions[:, None],
-                               batch.cache, prefill=False)
+        logits = self._forward(
+            batch.next_input[:, None], mask, batch.positions[:, None], batch.cache, prefill=False
+        )
         batch.mask = mask
         batch.positions = batch.positions + 1
         self._advance(batch, logits)
@@ -464,8 +471,9 @@ class DecodeEngine:
         kwargs = {self._cache_arg: cache}
         if prefill and self._trim_logits:
             kwargs["logits_to_keep"] = 1
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         use_cache=True, **kwargs)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs
+        )
         return out.logits[:, -1]
 
     def _advance(self, batch: _Batch, logits: torch.Tensor) -> None:
@@ -474,12 +482,12 @@ class DecodeEngine:
             uniform = None
         else:
             uniform = torch.tensor([s.uniform() for s in batch.seqs], device=logits.device)
-        tokens, logprobs = next_tokens(logits, batch.temperature, batch.top_k, batch.top_p,
-                                       uniform)
+        tokens, logprobs = next_tokens(logits, batch.temperature, batch.top_k, batch.top_p, uniform)
         batch.next_input = tokens
         pushed = zip(batch.seqs, tokens.tolist(), logprobs.tolist(), strict=True)
-        keep = [row for row, (seq, token, logprob) in enumerate(pushed)
-                if not seq.push(token, logprob)]
+        keep = [
+            row for row, (seq, token, logprob) in enumerate(pushed) if not seq.push(token, logprob)
+        ]
         if len(keep) < len(batch):
             batch.keep(keep)
 

@@ -34,15 +34,19 @@ class SharedPrefix:
         cache = BatchCache()
         for keys, values in zip(self.keys, self.values, strict=True):
             layer = BufferedLayer()
-            layer.set_states(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1),
-                             headroom)
+            layer.set_states(
+                keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), headroom
+            )
             cache.layers.append(layer)
         return cache
 
     def truncated(self, length: int) -> SharedPrefix:
         """The first `length` tokens of this prefix (attention is causal: an exact slice)."""
-        return SharedPrefix(self.tokens[:length], tuple(k[:, :, :length] for k in self.keys),
-                            tuple(v[:, :, :length] for v in self.values))
+        return SharedPrefix(
+            self.tokens[:length],
+            tuple(k[:, :, :length] for k in self.keys),
+            tuple(v[:, :, :length] for v in self.values),
+        )
 
 
 class PrefixCache:

@@ -72,9 +72,14 @@ class SamplingClient:
             >>> client = SamplingClient.from_module(                      # doctest: +SKIP
             ...     model, tokenizer, max_batch_size=64, compute_dtype=torch.bfloat16)
         """
-        engine = DecodeEngine(model, tokenizer, max_batch_size=max_batch_size,
-                              max_cache_tokens=max_cache_tokens, compute_dtype=compute_dtype,
-                              prefix_caching=prefix_caching)
+        engine = DecodeEngine(
+            model,
+            tokenizer,
+            max_batch_size=max_batch_size,
+            max_cache_tokens=max_cache_tokens,
+            compute_dtype=compute_dtype,
+            prefix_caching=prefix_caching,
+        )
         return cls(engine, model_name=model_name)
 
     @property

@@ -37,8 +37,10 @@ class ServiceClient:
         if dtype not in COMPUTE_DTYPES:
             raise ValueError(f"dtype={dtype!r}: expected one of {list(COMPUTE_DTYPES)}.")
         self._dtype = dtype
-        self._engine_options = {"max_batch_size": max_batch_size,
-                                "max_cache_tokens": max_cache_tokens}
+        self._engine_options = {
+            "max_batch_size": max_batch_size,
+            "max_cache_tokens": max_cache_tokens,
+        }
 
     def create_sampling_client(
         self, base_model: str | None = None, model_path: str | None = None
@@ -60,5 +62,6 @@ class ServiceClient:
 
         source = model_path if model_path is not None else base_model
         model, tokenizer = load_model(str(source), dtype=getattr(torch, self._dtype))
-        return SamplingClient.from_module(model, tokenizer, model_name=base_model or str(source),
-                                          **self._engine_options)
+        return SamplingClient.from_module(
+            model, tokenizer, model_name=base_model or str(source), **self._engine_options
+        )

@@ -51,8 +51,9 @@ def next_tokens(
     targets = uniform[:, None] * cdf[:, -1:]
     sampled = torch.searchsorted(cdf, targets)[:, 0].clamp_(max=logits.shape[-1] - 1)
     # Never land on a masked token because of rounding at the top of the CDF.
-    sampled = torch.where(torch.isinf(logp.gather(1, sampled[:, None]))[:, 0],
-                          scaled.argmax(dim=-1), sampled)
+    sampled = torch.where(
+        torch.isinf(logp.gather(1, sampled[:, None]))[:, 0], scaled.argmax(dim=-1), sampled
+    )
 
     tokens = torch.where(greedy, logits.argmax(dim=-1), sampled)
     greedy_logp = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0]

@@ -104,8 +104,9 @@ class SamplingParams:
             )
         entries = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         for i, entry in enumerate(entries):
-            is_id = (isinstance(entry, numbers.Integral) and not isinstance(entry, bool)
-                     and entry >= 0)
+            is_id = (
+                isinstance(entry, numbers.Integral) and not isinstance(entry, bool) and entry >= 0
+            )
             if not (is_id or (isinstance(entry, str) and entry)):
                 raise ValueError(
                     f"SamplingParams.stop[{i}]={entry!r}: expected a non-empty string or a "

@@ -24,23 +24,29 @@ def _prompts(tokenizer, count: int) -> list[list[int]]:
 
 
 async def _gather(client, prompts, params_list):
-    calls = [client.sample_async(prompt=p, num_samples=1, sampling_params=s)
-             for p, s in zip(prompts, params_list, strict=True)]
+    calls = [
+        client.sample_async(prompt=p, num_samples=1, sampling_params=s)
+        for p, s in zip(prompts, params_list, strict=True)
+    ]
     return await asyncio.gather(*calls)
 
 
 def test_concurrent_greedy_matches_sequential_and_generate(client, tiny_model, tokenizer):
     prompts = _prompts(tokenizer, 10)
-    params = [types.SamplingParams(max_tokens=4 + 2 * (i % 5), temperature=0.0)
-              for i in range(len(prompts))]
-    sequential = [client.sample(p, 1, s).sequences[0].tokens
-                  for p, s in zip(prompts, params, strict=True)]
+    params = [
+        types.SamplingParams(max_tokens=4 + 2 * (i % 5), temperature=0.0)
+        for i in range(len(prompts))
+    ]
+    sequential = [
+        client.sample(p, 1, s).sequences[0].tokens for p, s in zip(prompts, params, strict=True)
+    ]
     concurrent = [r.sequences[0].tokens for r in asyncio.run(_gather(client, prompts, params))]
     assert concurrent == sequential
     for prompt, s, tokens in list(zip(prompts, params, sequential, strict=True))[:3]:
-        reference = tiny_model.generate(torch.tensor([prompt]), max_new_tokens=s.max_tokens,
-                                        do_sample=False)
-        assert tokens == reference[0, len(prompt):].tolist()
+        reference = tiny_model.generate(
+            torch.tensor([prompt]), max_new_tokens=s.max_tokens, do_sample=False
+        )
+        assert tokens == reference[0, len(prompt) :].tolist()
 
 
 def test_requests_arriving_mid_decode_join_the_batch(client, tiny_model, tokenizer):
@@ -50,7 +56,8 @@ def test_requests_arriving_mid_decode_join_the_batch(client, tiny_model, tokeniz
     expected += [client.sample(p, 1, GREEDY).sequences[0].tokens for p in prompts[1:]]
     shapes: list[tuple[int, int]] = []
     tiny_model.get_input_embeddings().register_forward_hook(
-        lambda module, args, out: shapes.append(tuple(args[0].shape)))
+        lambda module, args, out: shapes.append(tuple(args[0].shape))
+    )
 
     async def staggered():
         first = asyncio.ensure_future(client.sample_async(prompts[0], 1, long))
@@ -67,8 +74,9 @@ def test_requests_arriving_mid_decode_join_the_batch(client, tiny_model, tokeniz
 @pytest.mark.parametrize("bound", [{"max_batch_size": 2}, {"max_cache_tokens": 60}])
 def test_batch_and_memory_bounds_are_respected(tiny_model, tokenizer, bound):
     seen: list[int] = []
-    hook = tiny_model.register_forward_hook(lambda m, args, kw, out: seen.append(
-        kw["input_ids"].shape[0]), with_kwargs=True)
+    hook = tiny_model.register_forward_hook(
+        lambda m, args, kw, out: seen.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
     prompts = _prompts(tokenizer, 5)  # each reserves at most 12 prompt + 12 new tokens
     with SamplingClient.from_module(tiny_model, tokenizer) as reference:
         expected = [reference.sample(p, 1, GREEDY).sequences[0].tokens for p in prompts]
@@ -81,8 +89,7 @@ def test_batch_and_memory_bounds_are_respected(tiny_model, tokenizer, bound):
 
 @pytest.mark.parametrize("bound", ["max_batch_size", "max_cache_tokens"])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_many_samples_decode_in_waves_within_the_bounds(tiny_model, tokenizer, bound,
-                                                        temperature):
+def test_many_samples_decode_in_waves_within_the_bounds(tiny_model, tokenizer, bound, temperature):
     prompt = _prompts(tokenizer, 1)[0]
     params = types.SamplingParams(max_tokens=12, temperature=temperature, seed=5)
     with SamplingClient.from_module(tiny_model, tokenizer) as reference:
@@ -90,22 +97,25 @@ def test_many_samples_decode_in_waves_within_the_bounds(tiny_model, tokenizer, b
     rows_per_sample = len(prompt) + params.max_tokens  # cache positions one sample reserves
     limit = {"max_batch_size": 4, "max_cache_tokens": 4 * rows_per_sample}[bound]
     rows: list[int] = []
-    hook = tiny_model.register_forward_hook(lambda m, args, kw, out: rows.append(
-        kw["input_ids"].shape[0]), with_kwargs=True)
+    hook = tiny_model.register_forward_hook(
+        lambda m, args, kw, out: rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
     with SamplingClient.from_module(tiny_model, tokenizer, **{bound: limit}) as client:
         response = asyncio.run(asyncio.wait_for(client.sample_async(prompt, 16, params), 60))
     hook.remove()
     assert max(rows) == 4
     assert [s.tokens for s in response.sequences] == [s.tokens for s in expected]
-    torch.testing.assert_close(torch.tensor([s.logprobs for s in response.sequences]),
-                               torch.tensor([s.logprobs for s in expected]))
+    torch.testing.assert_close(
+        torch.tensor([s.logprobs for s in response.sequences]),
+        torch.tensor([s.logprobs for s in expected]),
+    )
 
 
 def test_a_sample_that_can_never_fit_the_cache_is_refused(tiny_model, tokenizer):
     prompt = _prompts(tokenizer, 1)[0]
     with SamplingClient.from_module(tiny_model, tokenizer, max_cache_tokens=50) as client:
-        with pytest.raises(ValueError, match=rf"{len(prompt) + 100} cache positions.*"
-                                             r"max_cache_tokens=50"):
+        message = rf"{len(prompt) + 100} cache positions.*max_cache_tokens=50"
+        with pytest.raises(ValueError, match=message):
             client.sample(prompt, 1, types.SamplingParams(max_tokens=100))
         assert len(client.sample(prompt, 1, GREEDY).sequences[0].tokens) == 12
 
@@ -133,7 +143,8 @@ def test_stop_string_is_kept_and_ends_generation(client, tokenizer):
     assert stopped.stop_reason == "stop"
     assert stopped.tokens == full[:cut]
     assert tokenizer.decode(stopped.tokens).endswith(stop) or stop in tokenizer.decode(
-        stopped.tokens)
+        stopped.tokens
+    )
 
 
 def test_eos_stops_generation(tiny_model, tokenizer):
@@ -221,8 +232,12 @@ def test_shares_live_weights_and_restores_training_flags(tiny_model, tokenizer):
 
 @pytest.mark.parametrize(
     ("prompt", "num_samples", "message"),
-    [([], 1, "empty"), ([1, 2], 0, "num_samples"), ([10**9], 1, "vocabulary"),
-     ([1] * 600, 1, "context")],
+    [
+        ([], 1, "empty"),
+        ([1, 2], 0, "num_samples"),
+        ([10**9], 1, "vocabulary"),
+        ([1] * 600, 1, "context"),
+    ],
 )
 def test_bad_requests_name_the_problem(client, prompt, num_samples, message):
     with pytest.raises(ValueError, match=message):
@@ -231,13 +246,18 @@ def test_bad_requests_name_the_problem(client, prompt, num_samples, message):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"max_tokens": 0}, "max_tokens=0"), ({"temperature": -1.0}, "temperature=-1.0"),
-     ({"temperature": float("nan")}, "temperature=nan"),
-     ({"temperature": float("inf")}, "temperature=inf"),
-     ({"top_p": 0.0}, "top_p=0.0"), ({"top_p": float("nan")}, "top_p=nan"),
-     ({"top_k": -5}, "top_k=-5"),
-     ({"stop": ["ok", None]}, r"stop\[1\]=None"), ({"stop": ""}, r"stop\[0\]=''"),
-     ({"stop": [1.5]}, r"stop\[0\]=1.5")],
+    [
+        ({"max_tokens": 0}, "max_tokens=0"),
+        ({"temperature": -1.0}, "temperature=-1.0"),
+        ({"temperature": float("nan")}, "temperature=nan"),
+        ({"temperature": float("inf")}, "temperature=inf"),
+        ({"top_p": 0.0}, "top_p=0.0"),
+        ({"top_p": float("nan")}, "top_p=nan"),
+        ({"top_k": -5}, "top_k=-5"),
+        ({"stop": ["ok", None]}, r"stop\[1\]=None"),
+        ({"stop": ""}, r"stop\[0\]=''"),
+        ({"stop": [1.5]}, r"stop\[0\]=1.5"),
+    ],
 )
 def test_bad_sampling_params_name_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -254,8 +274,9 @@ def test_one_bad_request_fails_alone(client, tokenizer):
 
     results = asyncio.run(mixed())
     assert isinstance(results[1], ValueError)
-    assert all(len(r.sequences[0].tokens) == GREEDY.max_tokens
-               for i, r in enumerate(results) if i != 1)
+    assert all(
+        len(r.sequences[0].tokens) == GREEDY.max_tokens for i, r in enumerate(results) if i != 1
+    )
 
 
 def test_closed_client_says_so(tiny_model, tokenizer):

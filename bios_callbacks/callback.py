@@ -36,7 +36,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from bios_callbacks.eval_results import RoundRecord, append_record
+from bios_callbacks.eval_results import ResultsFile, RoundRecord
 from bios_callbacks.eval_round import EvaluatorSlot, RoundOutcome, name_slots, run_round
 from bios_callbacks.evaluators.base import (
     EvaluatorBuilder,
@@ -143,13 +143,14 @@ class EvalCallback(Callback):
         self.training_texts = training_texts
         self.progress = progress
         self.sampling_options = _checked_sampling_options(sampling_options or {})
-        self.last_seen_step = -1
         self.last_evaluated = {name: -1 for name in LISTS}
         self.latest: RoundRecord | None = None
         self._slots: dict[str, list[EvaluatorSlot]] | None = None
         self._clients: LiveClients | None = None
         self._log_dir: Path | None = None
+        self._results: ResultsFile | None = None
         self._held_out_checked = False
+        self._hook_failures: list[tuple[str, str, BaseException]] = []
 
     @property
     def state_key(self) -> str:
@@ -172,6 +173,8 @@ class EvalCallback(Callback):
         )
         self._clients = LiveClients(pl_module, self.sampling_options)
         self._log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if trainer.is_global_zero:
+            self._results = ResultsFile(self._log_dir)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check_held_out(trainer, pl_module)
@@ -215,13 +218,11 @@ class EvalCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "last_seen_step": self.last_seen_step,
             "last_evaluated": dict(self.last_evaluated),
             "latest": None if self.latest is None else self.latest.to_json(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.last_seen_step = int(state_dict["last_seen_step"])
         self.last_evaluated.update(state_dict["last_evaluated"])
         latest = state_dict.get("latest")
         self.latest = None if latest is None else RoundRecord.from_json(latest)
@@ -235,14 +236,18 @@ class EvalCallback(Callback):
         return [name for name in self._enabled_lists() if self.last_evaluated[name] != step]
 
     def _maybe_evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        step = trainer.global_step
-        previous, self.last_seen_step = self.last_seen_step, step
-        if step == previous or self._clients is None:
+        """Runs the lists whose interval boundary was crossed since their last round.
+
+        Counting from each list's last *finished* round means a round interrupted by Ctrl-C
+        is still due after resuming from the checkpoint saved on the interrupt.
+        """
+        if self._clients is None:
             return
+        step = trainer.global_step
         due = [
             name
             for name in self._not_evaluated_at(step)
-            if step // self.every[name] > previous // self.every[name]
+            if step // self.every[name] > self.last_evaluated[name] // self.every[name]
         ]
         self._evaluate(trainer, pl_module, due)
 
@@ -279,11 +284,19 @@ class EvalCallback(Callback):
         start = time.perf_counter()
         with _preserved_state(pl_module):
             outcome = run_sync(
-                run_round(slots, self._clients, timeout_s=self.evaluator_timeout_s,
-                          context={"log_dir": self._log_dir, "step": step}, on_done=on_done)
+                run_round(
+                    slots,
+                    self._clients,
+                    timeout_s=self.evaluator_timeout_s,
+                    context={"log_dir": self._log_dir, "step": step},
+                    on_done=on_done,
+                )
             )
             timed_out = any(f["kind"] == "timeout" for f in outcome.failures)
             self._clients.settle(restart_sampling=timed_out)
+        for name, message, error in self._hook_failures:  # from the held-out guard
+            outcome.fail(name, "hook", message, error)
+        self._hook_failures = []
         record = RoundRecord(
             step=step,
             metrics=dict(sorted(outcome.metrics.items())),
@@ -334,8 +347,8 @@ class EvalCallback(Callback):
             logger.log_metrics(metrics, step=record.step)
         if not trainer.is_global_zero:
             return
-        if self._log_dir is not None:
-            append_record(self._log_dir, record)
+        if self._results is not None:
+            self._results.append(record)
         for logger in trainer.loggers:
             add_text = getattr(logger.experiment, "add_text", None)
             if not callable(add_text):
@@ -355,13 +368,23 @@ class EvalCallback(Callback):
         self._held_out_checked = True
         if not trainer.is_global_zero:  # one warning per run: only rank 0 reads the data
             return
-        prompts = [
-            p
-            for slots in self._slots.values()
-            for slot in slots
-            if slot.evaluator is not None
-            for p in slot.evaluator.eval_prompts()
-        ]
+        prompts: list[str] = []
+        for slots in self._slots.values():
+            for slot in slots:
+                if slot.evaluator is None:
+                    continue
+                try:
+                    prompts.extend(slot.evaluator.eval_prompts())
+                except Exception as error:  # counted in the next round, never fatal
+                    log.warning(
+                        "evaluator %r: eval_prompts() raised %r; its prompts are not "
+                        "checked against the training data",
+                        slot.name,
+                        error,
+                    )
+                    self._hook_failures.append(
+                        (slot.name, f"eval_prompts() raised {error!r}", error)
+                    )
         if not prompts:
             return
         if self.training_texts == "from_trainer":
@@ -439,7 +462,8 @@ def _step_checkpoint_due(trainer: pl.Trainer) -> bool:
 
     step = trainer.global_step
     return any(
-        isinstance(cb, ModelCheckpoint) and cb._every_n_train_steps > 0
+        isinstance(cb, ModelCheckpoint)
+        and cb._every_n_train_steps > 0
         and step % cb._every_n_train_steps == 0
         for cb in trainer.checkpoint_callbacks
     )
@@ -451,8 +475,11 @@ def _checked_sampling_options(options: dict[str, Any]) -> dict[str, Any]:
 
     from bios_callbacks.sampling_client import SamplingClient
 
-    valid = [name for name in inspect.signature(SamplingClient.from_module).parameters
-             if name not in {"cls", "model", "tokenizer"}]
+    valid = [
+        name
+        for name in inspect.signature(SamplingClient.from_module).parameters
+        if name not in {"cls", "model", "tokenizer"}
+    ]
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(
@@ -460,4 +487,3 @@ def _checked_sampling_options(options: dict[str, Any]) -> dict[str, Any]:
             "(the keyword arguments of SamplingClient.from_module)."
         )
     return dict(options)
-

@@ -129,7 +129,11 @@ def _record_values(outcome: RoundOutcome, slot: EvaluatorSlot, result: Any) -> N
             outcome.fail(slot.name, "duplicate_key", f"{full_key} already set this round", None)
         else:
             outcome.metrics[full_key] = number
-    transcripts = list(slot.evaluator.transcripts())
+    try:
+        transcripts = list(slot.evaluator.transcripts())
+    except Exception as error:  # an optional hook failing is a failure like any other
+        outcome.fail(slot.name, "hook", f"transcripts() raised {error!r}", error)
+        return
     if transcripts:
         outcome.transcripts[slot.name] = transcripts
 
@@ -168,8 +172,13 @@ async def run_round(
                 client = clients.training()
             result = await asyncio.wait_for(slot.evaluator(client), timeout_s)
         except asyncio.TimeoutError as error:
-            outcome.fail(slot.name, "timeout", f"took longer than {timeout_s}s: raise "
-                         "evaluator_timeout_s or make the evaluator smaller", error)
+            outcome.fail(
+                slot.name,
+                "timeout",
+                f"took longer than {timeout_s}s: raise "
+                "evaluator_timeout_s or make the evaluator smaller",
+                error,
+            )
         except Exception as error:
             outcome.fail(slot.name, "exception", repr(error), error)
         else:

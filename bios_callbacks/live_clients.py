@@ -74,8 +74,9 @@ class LiveClients:
         if self._sampling is None:
             from bios_callbacks.sampling_client import SamplingClient
 
-            self._sampling = self._make("make_sampling_client", SamplingClient,
-                                        **self.sampling_options)
+            self._sampling = self._make(
+                "make_sampling_client", SamplingClient, **self.sampling_options
+            )
         return self._sampling
 
     def training(self) -> Any:
@@ -94,9 +95,13 @@ class LiveClients:
         return client_class.from_module(self.module.model, self.module.tokenizer, **options)
 
     def settle(self, *, restart_sampling: bool = False) -> None:
-        """Waits until the sampling client has stopped touching the model; with
-        ``restart_sampling`` (after a timed-out request) closes it so the next round gets a
-        fresh one instead of waiting for abandoned requests."""
+        """Waits until the clients have stopped touching the model (a cancelled scoring call
+        finishes its current batch); with ``restart_sampling`` (after a timed-out request)
+        closes the sampling client so the next round gets a fresh one instead of waiting for
+        abandoned requests."""
+        wait_training = getattr(self._training, "wait_idle", None)
+        if callable(wait_training):
+            wait_training()
         if self._sampling is None:
             return
         if restart_sampling:

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,47 @@ class TrainingClient:
             >>> client.compute_logprobs([[1, 2, 3]])  # doctest: +SKIP
             [[-10.3, -9.8]]
         """
+        return self._compute_logprobs(sequences, stop=None)
+
+    async def compute_logprobs_async(self, sequences: Sequence[TokenSequence]) -> list[list[float]]:
+        """`compute_logprobs` in a worker thread, so the event loop keeps serving others.
+
+        Cancelling the call (an evaluator timeout, a cancelled task) stops the worker after
+        the batch it is scoring; nothing waits for the rest.
+        """
+        stop = threading.Event()
+        future: concurrent.futures.Future[list[list[float]]] = concurrent.futures.Future()
+
+        def work() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(self._compute_logprobs(sequences, stop=stop))
+            except BaseException as error:
+                future.set_exception(error)
+
+        # Not the event loop's default executor: `asyncio.run` joins that one on exit, so a
+        # timed-out call would keep the whole round waiting for its worker.
+        threading.Thread(target=work, name="bios-score", daemon=True).start()
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Waits until no scoring runs on the model (a cancelled call finishes its batch).
+
+        Returns False on timeout.
+        """
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        self._lock.release()
+        return True
+
+    def _compute_logprobs(
+        self, sequences: Sequence[TokenSequence], *, stop: threading.Event | None
+    ) -> list[list[float]]:
         token_lists = [ModelInput.coerce(s).to_ints() for s in sequences]
         for i, tokens in enumerate(token_lists):
             if len(tokens) < 2:
@@ -82,15 +124,20 @@ class TrainingClient:
 
         from bios_callbacks.train_flags import evaluation_mode
 
-        results: list[list[float]] = []
-        with self._lock, torch.no_grad(), evaluation_mode(self.model):
-            for start in range(0, len(token_lists), self.max_batch_size):
-                results.extend(self._score_batch(token_lists[start : start + self.max_batch_size]))
-        return results
+        def stopped() -> bool:
+            return stop is not None and stop.is_set()
 
-    async def compute_logprobs_async(self, sequences: Sequence[TokenSequence]) -> list[list[float]]:
-        """`compute_logprobs` in a worker thread, so the event loop keeps serving others."""
-        return await asyncio.to_thread(self.compute_logprobs, sequences)
+        results: list[list[float]] = []
+        with self._lock:
+            if stopped():  # cancelled before it started: never touch the training model
+                raise concurrent.futures.CancelledError("the caller stopped waiting")
+            with torch.no_grad(), evaluation_mode(self.model):
+                for start in range(0, len(token_lists), self.max_batch_size):
+                    if stopped():
+                        raise concurrent.futures.CancelledError("the caller stopped waiting")
+                    batch = token_lists[start : start + self.max_batch_size]
+                    results.extend(self._score_batch(batch))
+        return results
 
     def _score_batch(self, batch: list[list[int]]) -> list[list[float]]:
         import torch

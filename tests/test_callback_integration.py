@@ -37,8 +37,17 @@ def test_sampling_evaluator_logs_accuracy_and_transcripts(tmp_path, tiny_model, 
 
 def test_an_evaluator_chooses_how_many_transcripts_are_logged(tmp_path, tiny_model, tokenizer):
     questions = [{"input": f"Question {i}?", "target": "x"} for i in range(5)]
-    callback = EvalCallback([lambda: QAEvaluator(questions, lambda r, t: False, max_tokens=2,
-                                                 renderer_name="chatml", num_transcripts=5)])
+    callback = EvalCallback(
+        [
+            lambda: QAEvaluator(
+                questions,
+                lambda r, t: False,
+                max_tokens=2,
+                renderer_name="chatml",
+                num_transcripts=5,
+            )
+        ]
+    )
     trainer = make_trainer(tmp_path, [callback], max_steps=1)
     trainer.fit(TinyLM(tiny_model, tokenizer), token_loader())
     events = EventAccumulator(trainer.log_dir)
@@ -122,8 +131,11 @@ def test_run_sync_works_inside_a_running_event_loop():
         ({"evaluator_builders": ["nll"]}, TypeError, "'nll', which is not callable"),
         ({"training_texts": "data.txt"}, ValueError, "'from_trainer'"),
         ({"evaluator_timeout_s": 0}, ValueError, "evaluator_timeout_s=0"),
-        ({"sampling_options": {"batch_size": 8}}, ValueError,
-         r"unknown key\(s\) \['batch_size'\]; valid keys: .*max_batch_size"),
+        (
+            {"sampling_options": {"batch_size": 8}},
+            ValueError,
+            r"unknown key\(s\) \['batch_size'\]; valid keys: .*max_batch_size",
+        ),
     ],
 )
 def test_bad_arguments_are_explained(kwargs, error, message):
@@ -131,16 +143,25 @@ def test_bad_arguments_are_explained(kwargs, error, message):
         EvalCallback(**kwargs)
 
 
-def test_sampling_options_reach_the_live_client(tmp_path, tiny_model, tokenizer):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, "bfloat16"], ids=["dtype", "name"])
+def test_sampling_options_reach_the_live_client(tmp_path, tiny_model, tokenizer, dtype):
+    """Options reach the client; a dtype may be named as a YAML/JSON config gives it."""
     seen: list[tuple[int, torch.dtype]] = []
     tiny_model.lm_head.register_forward_hook(
-        lambda module, args, out: seen.append((out.shape[0], out.dtype)) if not torch.
-        is_grad_enabled() else None)
+        lambda module, args, out: (
+            seen.append((out.shape[0], out.dtype)) if not torch.is_grad_enabled() else None
+        )
+    )
     questions = QUESTIONS * 3
     callback = EvalCallback(
-        evaluator_builders=[lambda: QAEvaluator(questions, lambda r, t: t in r,
-                                                renderer_name="chatml", max_tokens=3)],
-        eval_every=1, sampling_options={"max_batch_size": 1, "compute_dtype": torch.bfloat16})
+        evaluator_builders=[
+            lambda: QAEvaluator(
+                questions, lambda r, t: t in r, renderer_name="chatml", max_tokens=3
+            )
+        ],
+        eval_every=1,
+        sampling_options={"max_batch_size": 1, "compute_dtype": dtype},
+    )
     trainer = make_trainer(tmp_path, [callback], max_steps=1)
     trainer.fit(TinyLM(tiny_model, tokenizer), token_loader())
     assert seen and {rows for rows, _ in seen} == {1}

@@ -69,7 +69,9 @@ class EvalCallback(Callback):
         fail_fast: re-raise the first evaluator failure instead of reporting it.
         training_texts: strings the model trains on, or ``"from_trainer"`` to read the train
             dataloader's dataset; eval prompts found in them trigger a one-time warning.
-        progress: print a line per finished evaluator through the progress bar.
+        progress: print each finished evaluator's values through the progress bar (so a
+            TQDM or Rich bar stays intact), and a line every ``progress_every_s`` seconds
+            while a round runs (samples finished so far, evaluators still running).
         sampling_options: keyword arguments for the live sampling client,
             ``SamplingClient.from_module(model, tokenizer, **sampling_options)``, e.g.
             ``{"max_batch_size": 64, "compute_dtype": torch.bfloat16}`` for faster rounds.
@@ -96,6 +98,7 @@ class EvalCallback(Callback):
         fail_fast: bool = False,
         training_texts: Iterable[str] | Literal["from_trainer"] | None = None,
         progress: bool = True,
+        progress_every_s: float = 15.0,
         sampling_options: dict[str, Any] | None = None,
     ):
         for arg, value in (
@@ -127,6 +130,8 @@ class EvalCallback(Callback):
             raise ValueError(
                 f"evaluator_timeout_s={evaluator_timeout_s!r}: expected seconds > 0, or None."
             )
+        if progress_every_s <= 0:
+            raise ValueError(f"progress_every_s={progress_every_s!r}: expected seconds > 0.")
         if isinstance(training_texts, str) and training_texts != "from_trainer":
             raise ValueError(
                 f"training_texts={training_texts!r}: expected an iterable of strings, "
@@ -142,6 +147,7 @@ class EvalCallback(Callback):
         self.fail_fast = fail_fast
         self.training_texts = training_texts
         self.progress = progress
+        self.progress_every_s = progress_every_s
         self.sampling_options = _checked_sampling_options(sampling_options or {})
         self.last_evaluated = {name: -1 for name in LISTS}
         self.latest: RoundRecord | None = None
@@ -269,18 +275,10 @@ class EvalCallback(Callback):
             return
         step = trainer.global_step
         slots = [slot for name in lists for slot in self._slots[name]]
-        emit = _printer(trainer) if self.progress else None
-        if emit:
-            emit(f"[eval] step {step}: running {len(slots)} evaluator(s) ({', '.join(lists)})")
-        done = 0
-
-        def on_done(name: str, seconds: float, ok: bool) -> None:
-            nonlocal done
-            done += 1
-            if emit:
-                status = "done" if ok else "FAILED"
-                emit(f"[eval] step {step}: {name} {status} in {seconds:.1f}s ({done}/{len(slots)})")
-
+        console = _RoundConsole(
+            _printer(trainer) if self.progress else None, step, slots, self._clients
+        )
+        console.started(lists)
         start = time.perf_counter()
         with _preserved_state(pl_module):
             outcome = run_sync(
@@ -289,7 +287,9 @@ class EvalCallback(Callback):
                     self._clients,
                     timeout_s=self.evaluator_timeout_s,
                     context={"log_dir": self._log_dir, "step": step},
-                    on_done=on_done,
+                    on_done=console.evaluator_done,
+                    on_progress=console.still_running,
+                    progress_every_s=self.progress_every_s,
                 )
             )
             timed_out = any(f["kind"] == "timeout" for f in outcome.failures)
@@ -431,6 +431,45 @@ def _reject_sharded(trainer: pl.Trainer) -> None:
             "Use strategy='ddp' (or a single device), or evaluate saved checkpoints offline "
             "with `python -m bios_callbacks.eval.run_inspect_evals`."
         )
+
+
+class _RoundConsole:
+    """What a round prints: a start line, each evaluator's values as it finishes, and a
+    heartbeat with the samples finished so far while long rounds run."""
+
+    def __init__(
+        self, emit: Any, step: int, slots: Sequence[EvaluatorSlot], clients: LiveClients
+    ) -> None:
+        self.emit, self.step, self.clients = emit, step, clients
+        self.pending = [slot.name for slot in slots]
+        self.base = clients.sampling_progress()
+
+    def started(self, lists: Sequence[str]) -> None:
+        if self.emit:
+            count = len(self.pending)
+            self.emit(f"[eval] step {self.step}: running {count} evaluator(s) ({', '.join(lists)})")
+
+    def evaluator_done(self, name: str, seconds: float, values: dict[str, float] | None) -> None:
+        self.pending.remove(name)
+        if not self.emit:
+            return
+        shown = "FAILED" if values is None else _format_values(values)
+        self.emit(f"[eval] step {self.step} {name}: {shown} ({seconds:.1f}s)")
+
+    def still_running(self, seconds: float) -> None:
+        if not self.emit:
+            return
+        finished, requested = self.clients.sampling_progress()
+        samples = f"{finished - self.base[0]}/{requested - self.base[1]} samples"
+        self.emit(
+            f"[eval] step {self.step}: {seconds:.0f}s, {samples} done, "
+            f"waiting for {', '.join(self.pending)}"
+        )
+
+
+def _format_values(values: dict[str, float]) -> str:
+    """``accuracy=0.875 scored=16``: every value, compactly."""
+    return " ".join(f"{key}={value:.4g}" for key, value in values.items()) or "(no values)"
 
 
 def _printer(trainer: pl.Trainer) -> Any:

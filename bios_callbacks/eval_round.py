@@ -144,24 +144,28 @@ async def run_round(
     *,
     timeout_s: float | None,
     context: dict[str, Any] | None = None,
-    on_done: Callable[[str, float, bool], None] = lambda name, seconds, ok: None,
+    on_done: Callable[[str, float, dict[str, float] | None], None] = lambda *args: None,
+    on_progress: Callable[[float], None] = lambda seconds: None,
+    progress_every_s: float = 15.0,
 ) -> RoundOutcome:
     """Runs every slot's evaluator concurrently; a failing one never stops the others.
 
     Each evaluator's ``set_run_context(**context)`` is called first (the Inspect evaluator
     writes its logs under the run's directory, tagged with the step).
-    ``on_done(name, seconds, ok)`` is called as each evaluator finishes (for progress output).
+    ``on_done(name, seconds, values)`` is called as each evaluator finishes, with the values
+    it reported (keys without the ``eval/<name>/`` prefix), or None when it failed;
+    ``on_progress(seconds)`` every ``progress_every_s`` while the round runs.
     """
     outcome = RoundOutcome()
 
     async def run_one(slot: EvaluatorSlot) -> None:
         start = time.perf_counter()
-        ok = False
+        values: dict[str, float] | None = None
         try:
             slot.build()
         except Exception as error:
             outcome.fail(slot.name, "build", f"builder raised {error!r}", error)
-            on_done(slot.name, time.perf_counter() - start, ok)
+            on_done(slot.name, time.perf_counter() - start, values)
             return
         try:
             if context:
@@ -182,9 +186,18 @@ async def run_round(
         except Exception as error:
             outcome.fail(slot.name, "exception", repr(error), error)
         else:
-            ok = True
             _record_values(outcome, slot, result)
-        on_done(slot.name, time.perf_counter() - start, ok)
+            prefix = f"{NAMESPACE}/{slot.name}/"
+            values = {
+                key.removeprefix(prefix): value
+                for key, value in outcome.metrics.items()
+                if key.startswith(prefix)
+            }
+        on_done(slot.name, time.perf_counter() - start, values)
 
-    await asyncio.gather(*(run_one(slot) for slot in slots))
+    start = time.perf_counter()
+    work = asyncio.gather(*(run_one(slot) for slot in slots))
+    while not (await asyncio.wait({work}, timeout=progress_every_s))[0]:
+        on_progress(time.perf_counter() - start)
+    await work
     return outcome

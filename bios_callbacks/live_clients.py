@@ -79,6 +79,12 @@ class LiveClients:
             )
         return self._sampling
 
+    def sampling_progress(self) -> tuple[int, int]:
+        """`(finished, requested)` samples of the current sampling client; (0, 0) before one
+        is made or when the module's own client does not count them."""
+        progress = getattr(self._sampling, "progress", None)
+        return progress() if callable(progress) else (0, 0)
+
     def training(self) -> Any:
         """The training client over the live model (log-probs without changing it)."""
         if self._training is None:

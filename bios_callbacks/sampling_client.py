@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 
 import torch
 
@@ -35,6 +37,8 @@ class SamplingClient:
     def __init__(self, engine: DecodeEngine, *, model_name: str | None = None) -> None:
         self._engine = engine
         self.model_name = model_name
+        self._counts_lock = threading.Lock()
+        self._requested = self._finished = 0
 
     @classmethod
     def from_module(
@@ -111,7 +115,7 @@ class SamplingClient:
         results as in one batch.
         """
         request = self._request(prompt, num_samples, sampling_params)
-        return await asyncio.wrap_future(self._engine.submit(request))
+        return await asyncio.wrap_future(self._submit(request))
 
     def sample(
         self,
@@ -121,7 +125,30 @@ class SamplingClient:
     ) -> SampleResponse:
         """Blocking version of `sample_async`."""
         request = self._request(prompt, num_samples, sampling_params)
-        return self._engine.submit(request).result()
+        return self._submit(request).result()
+
+    def progress(self) -> tuple[int, int]:
+        """`(finished, requested)`: samples over this client's life, for progress output.
+
+        A sample counts as finished when its request completes, fails or is cancelled.
+
+        Example:
+            >>> finished, requested = client.progress()  # doctest: +SKIP
+        """
+        with self._counts_lock:
+            return self._finished, self._requested
+
+    def _submit(self, request: Request) -> Future:
+        future = self._engine.submit(request)
+        with self._counts_lock:
+            self._requested += request.num_samples
+
+        def finished(_: Future) -> None:
+            with self._counts_lock:
+                self._finished += request.num_samples
+
+        future.add_done_callback(finished)
+        return future
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Waits until the decode thread is idle and has restored the model's training flags.

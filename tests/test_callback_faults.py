@@ -3,6 +3,7 @@ leave a worker behind, a results file torn by a killed process."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import signal
@@ -14,7 +15,11 @@ from tiny import make_tiny_model
 
 from bios_callbacks.callback import EvalCallback
 from bios_callbacks.eval_results import ResultsFile, RoundRecord, read_records
-from bios_callbacks.evaluators import NLLEvaluator, TrainingClientEvaluator
+from bios_callbacks.evaluators import (
+    NLLEvaluator,
+    SamplingClientEvaluator,
+    TrainingClientEvaluator,
+)
 
 HELD_OUT = [[1, 200, 300, 400, 500], [1, 600, 700, 800]]
 
@@ -201,3 +206,37 @@ def test_schedule_state_from_older_checkpoints_still_loads():
         {"last_seen_step": 4, "last_evaluated": {"regular": 4, "infrequent": -1}, "latest": None}
     )
     assert callback.last_evaluated["regular"] == 4
+
+
+class SlowQA(SamplingClientEvaluator):
+    """Samples 6 answers one after another, slowly enough for a progress line or two."""
+
+    name = "slow_qa"
+
+    async def __call__(self, sampling_client):
+        from bios_callbacks.types import SamplingParams
+
+        params = SamplingParams(max_tokens=2, temperature=0.0)
+        for _ in range(6):
+            await sampling_client.sample_async(prompt=[1, 2, 3], sampling_params=params)
+            await asyncio.sleep(0.1)
+        return {"accuracy": 0.5}
+
+
+def test_console_shows_each_evaluators_values_and_progress(tmp_path, tiny_model, tokenizer, capsys):
+    callback = EvalCallback(
+        evaluator_builders=[functools.partial(NLLEvaluator, HELD_OUT), SlowQA],
+        eval_every=5,
+        progress_every_s=0.2,
+    )
+    trainer = make_trainer(tmp_path, [callback], max_steps=1)
+    trainer.fit(TinyLM(tiny_model, tokenizer), token_loader())
+    out = capsys.readouterr().out
+    losses = dict(scalars(trainer.log_dir)["eval/nll/loss"])
+    for step in (0, 1):
+        assert f"[eval] step {step} nll: loss={losses[step]:.4g} (" in out
+        assert f"[eval] step {step} slow_qa: accuracy=0.5 (" in out
+    progress = [line for line in out.splitlines() if "waiting for slow_qa" in line]
+    assert progress, out
+    done, requested = map(int, progress[-1].split(", ")[1].split()[0].split("/"))
+    assert 0 < done <= requested <= 6

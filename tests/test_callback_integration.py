@@ -62,8 +62,8 @@ def test_progress_lines_go_through_the_progress_bar(tmp_path, tiny_model, tokeni
     trainer = make_trainer(tmp_path, [callback], max_steps=1, enable_progress_bar=True)
     trainer.fit(TinyLM(tiny_model, tokenizer), token_loader())
     out = capsys.readouterr().out
-    assert "[eval] step 0: nll done" in out
-    assert "[eval] step 1: nll done" in out
+    assert "[eval] step 0 nll: loss=" in out
+    assert "[eval] step 1 nll: loss=" in out
 
 
 class BareModule(pl.LightningModule):

@@ -25,7 +25,7 @@ import torch
 
 from bios_callbacks import types
 from bios_callbacks.model_loading import EMBEDDED_MODEL, load_model
-from bios_callbacks.sampling_client import SamplingClient
+from bios_callbacks.sampling.client import SamplingClient
 from bios_callbacks.tokenizer_utils import pad_token_id
 
 TOPICS = [

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ServiceClient": "bios_callbacks.service_client",
-    "SamplingClient": "bios_callbacks.sampling_client",
+    "ServiceClient": "bios_callbacks.sampling.service",
+    "SamplingClient": "bios_callbacks.sampling.client",
     "TrainingClient": "bios_callbacks.training_client",
     "EvalCallback": "bios_callbacks.callback",
 }
@@ -38,8 +38,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from bios_callbacks.callback import EvalCallback
-    from bios_callbacks.sampling_client import SamplingClient
-    from bios_callbacks.service_client import ServiceClient
+    from bios_callbacks.sampling.client import SamplingClient
+    from bios_callbacks.sampling.service import ServiceClient
     from bios_callbacks.training_client import TrainingClient
 
 

@@ -512,7 +512,7 @@ def _checked_sampling_options(options: dict[str, Any]) -> dict[str, Any]:
     """Fails at construction, not in every round, when a key is not a client option."""
     import inspect
 
-    from bios_callbacks.sampling_client import SamplingClient
+    from bios_callbacks.sampling.client import SamplingClient
 
     valid = [
         name

@@ -72,7 +72,7 @@ class LiveClients:
     def sampling(self) -> Any:
         """The sampling client over the live model (shares its weights)."""
         if self._sampling is None:
-            from bios_callbacks.sampling_client import SamplingClient
+            from bios_callbacks.sampling.client import SamplingClient
 
             self._sampling = self._make(
                 "make_sampling_client", SamplingClient, **self.sampling_options

@@ -17,7 +17,7 @@ from lit_tiny import TinyLM, make_trainer, steps, token_loader
 from bios_callbacks import types
 from bios_callbacks.callback import EvalCallback
 from bios_callbacks.evaluators import NLLEvaluator, QAEvaluator
-from bios_callbacks.sampling_client import SamplingClient
+from bios_callbacks.sampling.client import SamplingClient
 
 pytestmark = [
     pytest.mark.cuda,

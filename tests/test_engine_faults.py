@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bios_callbacks import types
-from bios_callbacks.decode_engine import _Batch
-from bios_callbacks.sampling_client import SamplingClient
+from bios_callbacks.sampling.client import SamplingClient
+from bios_callbacks.sampling.runner import Batch
 
 GREEDY = types.SamplingParams(max_tokens=8, temperature=0.0)
 BOUND_S = 60.0  # generous: a regression fails the test instead of hanging it
@@ -73,7 +73,7 @@ async def _sample(client: SamplingClient, prompt, num_samples: int = 1, params=G
     return await asyncio.wait_for(client.sample_async(prompt, num_samples, params), BOUND_S)
 
 
-@pytest.mark.parametrize("where", ["_autocast", "_admit", "stop-string check"])
+@pytest.mark.parametrize("where", ["runner.serving", "_admit", "stop-string check"])
 def test_a_fault_fails_the_request_naming_it_and_the_engine_serves_again(
     tiny_model, tokenizer, monkeypatch, where
 ):
@@ -87,8 +87,11 @@ def test_a_fault_fails_the_request_naming_it_and_the_engine_serves_again(
         if where == "stop-string check":
             monkeypatch.setattr(tokenizer, "decode", raise_once(tokenizer.decode, fault))
         else:
-            engine = client._engine
-            monkeypatch.setattr(engine, where, raise_once(getattr(engine, where), fault))
+            owner, name = client._engine, where
+            if "." in where:
+                part, name = where.split(".")
+                owner = getattr(owner, part)
+            monkeypatch.setattr(owner, name, raise_once(getattr(owner, name), fault))
 
         with pytest.raises(Exception, match=f"injected fault in {where}"):
             asyncio.run(_sample(client, prompt, 2, params))
@@ -103,7 +106,7 @@ def test_a_fault_joining_a_running_batch_fails_both_and_names_it(
 ):
     first, second = _prompt(tokenizer), _prompt(tokenizer, "other words here 2")
     long = types.SamplingParams(max_tokens=100, temperature=0.0)
-    monkeypatch.setattr(_Batch, "extend", raise_once(_Batch.extend, InjectedFault("join broke")))
+    monkeypatch.setattr(Batch, "extend", raise_once(Batch.extend, InjectedFault("join broke")))
     gate = DecodeGate(tiny_model)
 
     async def join_while_decoding():

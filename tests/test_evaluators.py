@@ -9,7 +9,7 @@ import torch
 
 from bios_callbacks.evaluators import NLLEvaluator, QAEvaluator
 from bios_callbacks.renderers import get_renderer
-from bios_callbacks.sampling_client import SamplingClient
+from bios_callbacks.sampling.client import SamplingClient
 from bios_callbacks.training_client import TrainingClient
 
 SEQUENCES = [[1, 200, 300, 400, 500], [1, 600, 700]]

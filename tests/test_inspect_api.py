@@ -22,7 +22,7 @@ from inspect_ai.solver import generate
 
 from bios_callbacks.eval.inspect_runner import preserved_terminal
 from bios_callbacks.eval.inspect_utils import InspectAPIFromBiosSampling, to_renderer_messages
-from bios_callbacks.sampling_client import SamplingClient
+from bios_callbacks.sampling.client import SamplingClient
 
 CAPITALS = {"France": "Paris", "Italy": "Rome", "Germany": "Berlin", "Spain": "Madrid",
             "Japan": "Tokyo", "England": "London"}

@@ -9,8 +9,8 @@ import torch
 from transformers import MistralConfig, MistralForCausalLM
 
 from bios_callbacks import types
-from bios_callbacks.prefix_cache import PrefixCache, SharedPrefix
-from bios_callbacks.sampling_client import SamplingClient
+from bios_callbacks.sampling.client import SamplingClient
+from bios_callbacks.sampling.prefix_cache import PrefixCache, SharedPrefix
 
 GREEDY = types.SamplingParams(max_tokens=8, temperature=0.0)
 TEMPLATE = ("You are a careful assistant. Answer the question below in one short sentence, "

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bios_callbacks import types
-from bios_callbacks.sampling_client import SamplingClient
+from bios_callbacks.sampling.client import SamplingClient
 
 GREEDY = types.SamplingParams(max_tokens=12, temperature=0.0)
 

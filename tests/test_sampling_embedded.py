@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from bios_callbacks import renderers, types
-from bios_callbacks.sampling_client import SamplingClient
+from bios_callbacks.sampling.client import SamplingClient
 
 pytestmark = pytest.mark.embedded
 

@@ -11,12 +11,13 @@ import sys
 import lightning as L
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny import make_tiny_model
 
 from bios_callbacks import ServiceClient
 from bios_callbacks.checkpoints import read_checkpoint_metadata
 from bios_callbacks.evaluators import NLLEvaluator
 from bios_callbacks.renderers import get_renderer
-from bios_callbacks.sampling_client import SamplingClient
+from bios_callbacks.sampling.client import SamplingClient
 from bios_callbacks.types import SamplingParams
 from trainers.checkpointing import TRAINER_STATE
 from trainers.config import SFTConfig
@@ -157,6 +158,59 @@ def test_ctrl_c_saves_and_resume_continues_steps_and_eval_schedule(tiny_model, t
         for line in (root / "sft-resume" / "eval_results.jsonl").read_text().splitlines()
     ]
     assert rounds == [0, 3, 6, 8]
+
+
+def test_resume_continues_in_the_runs_own_directory_as_if_never_stopped(tokenizer, root):
+    common = dict(
+        train_data=TRAIN,
+        test_data=TEST,
+        batch_size=4,  # 2 batches an epoch: step 3 is mid-epoch
+        learning_rate=3e-3,
+        test_every=2,
+        evaluator_builders=[nll_builder(tokenizer)],
+        eval_every=2,
+        save_every=2,
+    )
+    first = train(
+        SFTConfig(steps=3, run_name="split", **common),
+        model=make_tiny_model(tokenizer, seed=0),
+        tokenizer=tokenizer,
+    )
+    assert first.checkpoint == "bios://split/step_000003"
+
+    # no run_name or log_dir: the run goes on in its own directory
+    resumed = train(SFTConfig(steps=7, resume_from=first.checkpoint, **common))
+    assert resumed.log_dir == root / "split"
+    assert sorted(p.name for p in root.iterdir()) == ["split"]
+    checkpoints = root / "split" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        f"step_{n:06d}" for n in (2, 3, 4, 6, 7)
+    ]
+    # keep_trainer_states=1 counts the checkpoints written before the resume too
+    assert [p.name for p in checkpoints.glob(f"*/{TRAINER_STATE}")] == [TRAINER_STATE]
+    assert (checkpoints / "step_000007" / TRAINER_STATE).exists()
+
+    logged = scalars(root / "split")
+    assert sorted(logged["train/loss"]) == list(range(7))
+    assert sorted(logged["test/loss"]) == [0, 2, 3, 4, 6, 7]  # 3: the first part's end
+    assert sorted(logged["eval/heldout/loss"]) == [0, 2, 3, 4, 6, 7]
+    rounds = [
+        json.loads(line)["step"]
+        for line in (root / "split" / "eval_results.jsonl").read_text().splitlines()
+    ]
+    assert rounds == [0, 2, 3, 4, 6, 7]
+
+    # the same batches, optimizer state and schedule as a run that was never stopped
+    whole = train(
+        SFTConfig(steps=7, run_name="whole", **common),
+        model=make_tiny_model(tokenizer, seed=0),
+        tokenizer=tokenizer,
+    )
+    uninterrupted = scalars(whole.log_dir)
+    for step in range(7):
+        assert logged["train/loss"][step] == pytest.approx(
+            uninterrupted["train/loss"][step], rel=1e-4
+        ), step
 
 
 def test_lora_run_saves_an_adapter_that_reloads(tiny_model, tokenizer, root, tmp_path):

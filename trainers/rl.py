@@ -103,7 +103,7 @@ class RLModule(PolicyModule):
         self._no_signal = False
 
     def on_fit_start(self) -> None:
-        from bios_callbacks.sampling_client import SamplingClient
+        from bios_callbacks.sampling.client import SamplingClient
 
         super().on_fit_start()
         self.client = SamplingClient.from_module(self.model, self.tokenizer)

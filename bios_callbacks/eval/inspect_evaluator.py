@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bios_callbacks.decode_engine import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_CONNECTIONS
 from bios_callbacks.evaluators import SamplingClientEvaluator
+from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_CONNECTIONS
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from inspect_ai.model import (
 from inspect_ai.model._model_info import MODEL_INFO_LOOKUP_API_KEY
 from inspect_ai.tool import ToolChoice, ToolInfo
 
-from bios_callbacks.decode_engine import DEFAULT_MAX_BATCH_SIZE
+from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE
 from bios_callbacks.types import SampledSequence, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ def _client_for(model_name: str, max_batch_size: int, dtype: str) -> tuple[Any, 
     Returns the client and the renderer recorded in the checkpoint (None for base models).
     """
     from bios_callbacks.model_loading import is_checkpoint_ref
-    from bios_callbacks.service_client import ServiceClient
+    from bios_callbacks.sampling.service import ServiceClient
 
     service = ServiceClient(max_batch_size=max_batch_size, dtype=dtype)
     if is_checkpoint_ref(model_name):

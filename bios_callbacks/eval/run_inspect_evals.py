@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bios_callbacks.decode_engine import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_CONNECTIONS
+from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_CONNECTIONS
 
 USAGE = __doc__ or ""
 

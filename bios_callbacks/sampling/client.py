@@ -9,12 +9,9 @@ from concurrent.futures import Future
 
 import torch
 
-from bios_callbacks.decode_engine import (
-    DEFAULT_MAX_BATCH_SIZE,
-    DEFAULT_MAX_CACHE_TOKENS,
-    DecodeEngine,
-    Request,
-)
+from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CACHE_TOKENS
+from bios_callbacks.sampling.engine import DecodeEngine
+from bios_callbacks.sampling.request import Request
 from bios_callbacks.types import ModelInput, SampleResponse, SamplingParams
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from bios_callbacks.decode_engine import (
+from bios_callbacks.sampling.client import SamplingClient
+from bios_callbacks.sampling.defaults import (
     COMPUTE_DTYPES,
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_CACHE_TOKENS,
 )
-from bios_callbacks.sampling_client import SamplingClient
 
 
 class ServiceClient:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bios_callbacks.kv_cache import BatchCache, BufferedLayer
+from bios_callbacks.sampling.kv_cache import BatchCache, BufferedLayer
 
 MIN_SHARED_TOKENS = 16
 

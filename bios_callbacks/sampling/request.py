@@ -1,0 +1,72 @@
+"""A sampling request as the engine queues it, and how its future is resolved.
+
+Torch-free: the scheduler works on these alone.
+
+Example:
+    >>> from bios_callbacks.types import SamplingParams
+    >>> request = Request([1, 2, 3], num_samples=2, params=SamplingParams(), max_new_tokens=8)
+    >>> request.reserved_tokens
+    11
+"""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+
+from bios_callbacks.types import SampledSequence, SampleResponse, SamplingParams
+
+
+@dataclass(eq=False)
+class Request:
+    """One `sample` call: a prompt, how many samples, how to sample, where the answer goes.
+
+    `seed` seeds sample i with `seed + i * stride`: the params' seed, else one drawn by the caller.
+    A request with more samples than fit at once joins the batch in waves; `admitted` counts the
+    samples already in it. Cancelling `future` drops its rows at the next decode step.
+    """
+
+    prompt: list[int]
+    num_samples: int
+    params: SamplingParams
+    max_new_tokens: int
+    seed: int = 0
+    future: Future = field(default_factory=Future)
+    results: list[SampledSequence | None] = field(default_factory=list)
+    admitted: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.results = [None] * self.num_samples
+
+    @property
+    def reserved_tokens(self) -> int:
+        """Cache positions one of its samples can reach: prompt plus new tokens."""
+        return len(self.prompt) + self.max_new_tokens
+
+    def record(self, index: int, sequence: SampledSequence) -> None:
+        """Stores sample `index`; resolves the future once every sample is in."""
+        self.results[index] = sequence
+        if all(r is not None for r in self.results):
+            settle(self.future, SampleResponse(sequences=list(self.results)))
+
+
+Part = tuple[Request, range]
+"""A request and the indices of its samples joining the batch now."""
+
+
+def settle(future: Future, result: object = None, error: BaseException | None = None) -> None:
+    """Resolves `future` unless it is done already (its caller may cancel it at any moment)."""
+    if future.done():
+        return
+    with contextlib.suppress(InvalidStateError):  # cancelled since the check
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
+def fail(requests: list[Request], error: BaseException) -> None:
+    """Fails every request in `requests` that is not resolved yet."""
+    for request in requests:
+        settle(request.future, error=error)

@@ -1,0 +1,230 @@
+"""The model side of decoding: batch tensors, prefill, one decode step, choosing tokens.
+
+`ModelRunner` knows the model and its tokenizer but nothing of threads or queues; the engine
+tells it which samples join (`prefill`) and when to step (`decode`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator
+
+import torch
+
+from bios_callbacks.sampling.kv_cache import BatchCache
+from bios_callbacks.sampling.prefix_cache import PrefixCache, SharedPrefix
+from bios_callbacks.sampling.request import Part
+from bios_callbacks.sampling.sequence import Sequence
+from bios_callbacks.sampling.token_sampling import next_tokens
+from bios_callbacks.tokenizer_utils import pad_token_id
+from bios_callbacks.train_flags import evaluation_mode
+
+
+class Batch:
+    """Rows decoding together: their cache, attention mask, next inputs and sampling settings."""
+
+    def __init__(self, seqs: list[Sequence], cache: BatchCache, mask: torch.Tensor) -> None:
+        self.seqs, self.cache, self.mask = seqs, cache, mask
+        self.positions = mask.sum(dim=1)
+        self.next_input = torch.zeros_like(self.positions)
+        params = [s.request.params for s in seqs]
+        device = mask.device
+        self.temperature = torch.tensor([p.temperature for p in params], device=device)
+        self.top_k = torch.tensor([p.top_k for p in params], device=device)
+        self.top_p = torch.tensor([p.top_p for p in params], device=device)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def longest_reservation(self) -> int:
+        """The most cache positions any of its rows can reach."""
+        return max((s.request.reserved_tokens for s in self.seqs), default=0)
+
+    def drop_abandoned(self) -> None:
+        """Drops the rows of requests already resolved: cancelled by their caller, or failed."""
+        rows = [row for row, seq in enumerate(self.seqs) if not seq.request.future.done()]
+        if len(rows) < len(self):
+            self.keep(rows)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keeps only `rows`, then drops leading cache positions that are padding in all of them."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        self.seqs = [self.seqs[i] for i in rows]
+        self.cache.select_rows(index)
+        for name in ("mask", "positions", "next_input", "temperature", "top_k", "top_p"):
+            setattr(self, name, getattr(self, name)[index])
+        padding = int(self.mask.any(dim=0).int().argmax())
+        self.cache.trim_left(padding)
+        self.mask = self.mask[:, padding:]
+
+    def extend(self, other: Batch, headroom: int) -> None:
+        """Appends the rows of `other`, left-padding the shorter cache."""
+        self.cache.append_rows(other.cache, headroom)
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        self.mask = torch.cat([_left_pad(self.mask, width), _left_pad(other.mask, width)])
+        self.seqs += other.seqs
+        for name in ("positions", "next_input", "temperature", "top_k", "top_p"):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+
+
+class ModelRunner:
+    """Runs a transformers causal LM for the engine: prefill, decode steps, token choice.
+
+    Args:
+        model: the causal LM (its weights are used in place, never copied).
+        tokenizer: its tokenizer (stop strings, padding).
+        compute_dtype: autocast dtype for forward passes, or None for the weights' own.
+        prefix_caching: reuse the keys and values of a prompt prefix recent prompts share.
+            Always off for sliding-window models.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        compute_dtype: torch.dtype | None,
+        prefix_caching: bool,
+    ) -> None:
+        self.model, self.tokenizer, self.compute_dtype = model, tokenizer, compute_dtype
+        config = model.config
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.context_length: int | None = getattr(text_config, "max_position_embeddings", None)
+        self.vocab_size: int = model.get_input_embeddings().num_embeddings
+        self._stop_ids = _eos_ids(model, tokenizer)
+        self._pad_id = pad_token_id(tokenizer)
+        forward_args = inspect.signature(_base_model(model).forward).parameters
+        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        self._trim_logits = "logits_to_keep" in forward_args
+        caching = prefix_caching and not _uses_sliding_window(text_config)
+        self._prefixes = PrefixCache(self._encode_prefix) if caching else None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """One busy period: no gradients, eval mode (flags restored after), autocast, and a
+        prefix cache checked against the weights (a live model changes between periods)."""
+        if self._prefixes is not None:
+            self._prefixes.check_weights(self.model)
+        autocast = (
+            contextlib.nullcontext()
+            if self.compute_dtype is None
+            else torch.autocast(self.device.type, dtype=self.compute_dtype)
+        )
+        with torch.no_grad(), evaluation_mode(self.model), autocast:
+            yield
+
+    def prefill(self, parts: list[Part]) -> Batch:
+        """Runs the prompts through the model (after a cached shared prefix, if any) and
+        chooses each sample's first token; finished samples have already left the batch."""
+        device = self.device
+        prompts = [request.prompt for request, _ in parts]
+        prefix = self._prefixes.find(prompts) if self._prefixes is not None else None
+        start = len(prefix.tokens) if prefix is not None else 0
+        width = max(len(p) for p in prompts) - start
+        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            rest = prompt[start:]
+            ids[row, width - len(rest) :] = torch.tensor(rest)
+            mask[row, width - len(rest) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        if prefix is None:
+            cache = BatchCache()
+        else:  # rows hold [prefix][padding][rest of the prompt]; the mask skips the padding
+            cache = prefix.cache_for(len(prompts), headroom=width)
+            mask = torch.cat([mask.new_ones(len(prompts), start), mask], dim=1)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)[:, start:]
+        logits = self._forward(ids, mask, positions, cache, prefill=True)
+
+        if any(len(samples) > 1 for _, samples in parts):
+            repeats = torch.tensor([len(samples) for _, samples in parts], device=device)
+            index = torch.repeat_interleave(torch.arange(len(parts), device=device), repeats)
+            cache.select_rows(index)
+            mask, logits = mask[index], logits[index]
+        seqs = [
+            Sequence(request, i, self._stop_ids, self.tokenizer)
+            for request, samples in parts
+            for i in samples
+        ]
+        batch = Batch(seqs, cache, mask)
+        self._advance(batch, logits)
+        return batch
+
+    def decode(self, batch: Batch) -> None:
+        """One decode step: every row gets its next token; finished rows leave."""
+        mask = torch.nn.functional.pad(batch.mask, (0, 1), value=1)
+        logits = self._forward(
+            batch.next_input[:, None], mask, batch.positions[:, None], batch.cache, prefill=False
+        )
+        batch.mask = mask
+        batch.positions = batch.positions + 1
+        self._advance(batch, logits)
+
+    def _encode_prefix(self, tokens: list[int]) -> SharedPrefix:
+        ids = torch.tensor([tokens], device=self.device)
+        cache = BatchCache()
+        positions = torch.arange(len(tokens), device=self.device)[None]
+        self._forward(ids, torch.ones_like(ids), positions, cache, prefill=True)
+        return SharedPrefix(
+            tuple(tokens),
+            tuple(layer.keys for layer in cache.layers),
+            tuple(layer.values for layer in cache.layers),
+        )
+
+    def _forward(self, ids, mask, positions, cache: BatchCache, *, prefill: bool) -> torch.Tensor:
+        kwargs = {self._cache_arg: cache}
+        if prefill and self._trim_logits:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs
+        )
+        return out.logits[:, -1]
+
+    def _advance(self, batch: Batch, logits: torch.Tensor) -> None:
+        """Samples each row's next token, records it, and lets finished rows leave."""
+        if all(s.request.params.temperature == 0 for s in batch.seqs):
+            uniform = None
+        else:
+            uniform = torch.tensor([s.uniform() for s in batch.seqs], device=logits.device)
+        tokens, logprobs = next_tokens(logits, batch.temperature, batch.top_k, batch.top_p, uniform)
+        batch.next_input = tokens
+        pushed = zip(batch.seqs, tokens.tolist(), logprobs.tolist(), strict=True)
+        keep = [
+            row for row, (seq, token, logprob) in enumerate(pushed) if not seq.push(token, logprob)
+        ]
+        if len(keep) < len(batch):
+            batch.keep(keep)
+
+
+def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(mask, (width - mask.shape[1], 0))
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper, if any."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _uses_sliding_window(config) -> bool:
+    """Sliding windows count cache columns, so they would count the padding between a cached
+    prefix and the rest of a prompt as tokens."""
+    window = getattr(config, "sliding_window", None)
+    return bool(window) and getattr(config, "use_sliding_window", True) is not False
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    generation_config = getattr(model, "generation_config", None)
+    eos = getattr(generation_config, "eos_token_id", None)
+    for value in (eos, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value is not None:
+            ids.update(int(v) for v in value)
+    return ids

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import time
 
-from bios_callbacks.eval_results import RESULTS_FILE_NAME, read_records
+from bios_callbacks.callback.results import RESULTS_FILE_NAME, read_records
 from bios_callbacks.model_loading import EMBEDDED_MODEL
 from trainers.config import SFTConfig
 

@@ -16,7 +16,7 @@ from lit_tiny import TinyLM, make_trainer, scalars, steps, token_loader
 from tiny import make_tiny_model
 
 from bios_callbacks.callback import EvalCallback
-from bios_callbacks.eval_results import read_records
+from bios_callbacks.callback.results import read_records
 from bios_callbacks.evaluators import NLLEvaluator, SamplingClientEvaluator, TrainingClientEvaluator
 
 HELD_OUT = [[1, 200, 300, 400, 500], [1, 600, 700, 800]]

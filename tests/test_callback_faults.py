@@ -14,7 +14,7 @@ from lit_tiny import TinyLM, make_trainer, scalars, steps, token_loader
 from tiny import make_tiny_model
 
 from bios_callbacks.callback import EvalCallback
-from bios_callbacks.eval_results import ResultsFile, RoundRecord, read_records
+from bios_callbacks.callback.results import ResultsFile, RoundRecord, read_records
 from bios_callbacks.evaluators import (
     NLLEvaluator,
     SamplingClientEvaluator,
@@ -240,3 +240,34 @@ def test_console_shows_each_evaluators_values_and_progress(tmp_path, tiny_model,
     assert progress, out
     done, requested = map(int, progress[-1].split(", ")[1].split()[0].split("/"))
     assert 0 < done <= requested <= 6
+
+
+class DuckTypedNLL:
+    """An evaluator that subclasses nothing: its first parameter's name asks for scoring."""
+
+    name = "duck"
+
+    async def __call__(self, training_client):
+        logprobs = await training_client.compute_logprobs_async(HELD_OUT)
+        return {"loss": -sum(map(sum, logprobs)) / sum(len(lp) for lp in logprobs)}
+
+
+def test_duck_typed_evaluators_get_the_client_they_name(tmp_path, tiny_model, tokenizer):
+    callback = EvalCallback(
+        evaluator_builders=[DuckTypedNLL, functools.partial(NLLEvaluator, HELD_OUT)],
+        eval_every=5,
+    )
+    trainer = make_trainer(tmp_path, [callback], max_steps=1)
+    trainer.fit(TinyLM(tiny_model, tokenizer), token_loader())
+    tags = scalars(trainer.log_dir)
+    duck, nll = dict(tags["eval/duck/loss"]), dict(tags["eval/nll/loss"])
+    assert list(duck) == [0, 1] and duck == pytest.approx(nll)
+    assert [v for _, v in tags["eval/failures"]] == [0.0, 0.0]
+
+
+def test_a_builder_returning_a_non_evaluator_is_a_build_failure(tmp_path, tiny_model, tokenizer):
+    callback = EvalCallback(evaluator_builders=[lambda: "not an evaluator"], eval_every=5)
+    trainer = make_trainer(tmp_path, [callback], max_steps=1)
+    trainer.fit(TinyLM(tiny_model, tokenizer), token_loader())
+    [failure] = read_records(f"{trainer.log_dir}/eval_results.jsonl")[0].failures
+    assert failure["kind"] == "build" and "async def __call__" in failure["message"]

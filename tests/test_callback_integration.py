@@ -12,8 +12,8 @@ from lit_tiny import TinyLM, make_trainer, steps, token_loader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bios_callbacks.callback import EvalCallback
+from bios_callbacks.callback.run_sync import run_sync
 from bios_callbacks.evaluators import NLLEvaluator, QAEvaluator
-from bios_callbacks.run_sync import run_sync
 from bios_callbacks.training_client import TrainingClient
 
 QUESTIONS = [{"input": "What is the capital of France?", "target": "Paris"}]

@@ -155,7 +155,7 @@ class RLModule(PolicyModule):
             optimizer.zero_grad(set_to_none=True)
 
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
-        from bios_callbacks.run_sync import run_sync
+        from bios_callbacks.callback.run_sync import run_sync
 
         step = self.global_step  # rollouts come from the weights after `step` iterations
         started = time.perf_counter()

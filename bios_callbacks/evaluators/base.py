@@ -3,7 +3,9 @@
 An evaluator is an object with an async ``__call__(client) -> dict[str, float]``. Which client
 it gets depends on its base class: a `SamplingClientEvaluator` gets a sampling client (text
 generation), a `TrainingClientEvaluator` gets a `TrainingClient` (log-probs and losses of given
-token sequences). An `EvaluatorBuilder` is a zero-argument callable returning an evaluator; the
+token sequences). An object subclassing neither works too: it gets a training client when the
+first parameter of its ``__call__`` is named ``training_client``, else a sampling client
+(`client_kind`). An `EvaluatorBuilder` is a zero-argument callable returning an evaluator; the
 callback calls it once and reuses the evaluator in every round.
 
 Example:
@@ -17,9 +19,10 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from bios_callbacks.training_client import TrainingClient
@@ -93,3 +96,31 @@ Example:
     >>> builder().name
     'nll'
 """
+
+
+def client_kind(evaluator: Any) -> Literal["sampling", "training"]:
+    """Which client `evaluator` is called with: by its base class, else by the name of its
+    ``__call__``'s first parameter (``training_client``: training; anything else: sampling).
+
+    Raises TypeError naming the fix when it has no async ``__call__``.
+
+    Example:
+        >>> class Plain:
+        ...     async def __call__(self, training_client):
+        ...         return {"loss": 1.0}
+        >>> client_kind(Plain())
+        'training'
+    """
+    if isinstance(evaluator, SamplingClientEvaluator):
+        return "sampling"
+    if isinstance(evaluator, TrainingClientEvaluator):
+        return "training"
+    call = inspect.getattr_static(evaluator, "__call__", None)
+    if not inspect.iscoroutinefunction(call):
+        raise TypeError(
+            f"{evaluator!r} is not an evaluator: expected an object with "
+            "`async def __call__(self, client) -> dict[str, float]` (or a subclass of "
+            "SamplingClientEvaluator / TrainingClientEvaluator)."
+        )
+    parameters = list(inspect.signature(call).parameters)[1:]
+    return "training" if parameters[:1] == ["training_client"] else "sampling"

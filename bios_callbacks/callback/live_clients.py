@@ -3,11 +3,13 @@
 The protocol a LightningModule follows so `EvalCallback` can evaluate it:
 
 1. It holds a transformers causal LM as ``self.model`` and its tokenizer as
-   ``self.tokenizer``: nothing more to write.
-2. Otherwise it defines ``make_sampling_client()`` (for `SamplingClientEvaluator`) and/or
-   ``make_training_client()`` (for `TrainingClientEvaluator`); each is called once per fit and
-   must return a client sharing the live weights. A client with a ``close()`` method is closed
+   ``self.tokenizer``: nothing more to write. The callback makes the clients and closes them
    when the fit ends.
+2. Otherwise it defines ``make_sampling_client()`` (for `SamplingClientEvaluator`) and/or
+   ``make_training_client()`` (for `TrainingClientEvaluator`), returning clients that share
+   the live weights. Each is called when a round first needs that client; the module owns
+   what it returns (the callback never closes it), so it may hand out a client it also uses
+   itself, as the RL trainer does for its rollouts.
 
 Example:
     >>> class MyModule(L.LightningModule):                      # doctest: +SKIP
@@ -19,13 +21,32 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 PROTOCOL_HELP = (
     "give the LightningModule a transformers causal LM as `self.model` and its tokenizer as "
     "`self.tokenizer`, or define `make_sampling_client()` / `make_training_client()` returning "
-    "clients over the live model (see bios_callbacks.live_clients)."
+    "clients over the live model (see bios_callbacks.callback.live_clients)."
 )
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Settles(Protocol):
+    """A client that can say when it has stopped touching the model."""
+
+    def wait_idle(self, timeout: float | None = None) -> bool: ...
+
+
+@runtime_checkable
+class CountsSamples(Protocol):
+    """A sampling client that counts its samples (for progress lines)."""
+
+    def progress(self) -> tuple[int, int]: ...
 
 
 def _has_model_and_tokenizer(module: Any) -> bool:
@@ -55,7 +76,7 @@ def check_module(module: Any, *, needs_sampling: bool, needs_training: bool) -> 
 
 
 class LiveClients:
-    """Makes each client once, on first use, and closes them at `close`.
+    """Makes each client once, on first use, and closes the ones it made at `close`.
 
     Example:
         >>> clients = LiveClients(lightning_module)  # doctest: +SKIP
@@ -68,6 +89,7 @@ class LiveClients:
         self.sampling_options = sampling_options or {}
         self._sampling: Any = None
         self._training: Any = None
+        self._owned: list[Any] = []
 
     def sampling(self) -> Any:
         """The sampling client over the live model (shares its weights)."""
@@ -79,12 +101,6 @@ class LiveClients:
             )
         return self._sampling
 
-    def sampling_progress(self) -> tuple[int, int]:
-        """`(finished, requested)` samples of the current sampling client; (0, 0) before one
-        is made or when the module's own client does not count them."""
-        progress = getattr(self._sampling, "progress", None)
-        return progress() if callable(progress) else (0, 0)
-
     def training(self) -> Any:
         """The training client over the live model (log-probs without changing it)."""
         if self._training is None:
@@ -93,37 +109,33 @@ class LiveClients:
             self._training = self._make("make_training_client", TrainingClient)
         return self._training
 
+    def sampling_progress(self) -> tuple[int, int]:
+        """`(finished, requested)` samples of the sampling client; (0, 0) before one is made
+        or when it does not count them."""
+        if isinstance(self._sampling, CountsSamples):
+            return self._sampling.progress()
+        return (0, 0)
+
     def _make(self, hook: str, client_class: Any, **options: Any) -> Any:
         """The module's own `hook()`, else `client_class.from_module(model, tokenizer, ...)`."""
         maker = getattr(self.module, hook, None)
         if callable(maker):
             return maker()
-        return client_class.from_module(self.module.model, self.module.tokenizer, **options)
+        client = client_class.from_module(self.module.model, self.module.tokenizer, **options)
+        self._owned.append(client)
+        return client
 
-    def settle(self, *, restart_sampling: bool = False) -> None:
-        """Waits until the clients have stopped touching the model (a cancelled scoring call
-        finishes its current batch); with ``restart_sampling`` (after a timed-out request)
-        closes the sampling client so the next round gets a fresh one instead of waiting for
-        abandoned requests."""
-        wait_training = getattr(self._training, "wait_idle", None)
-        if callable(wait_training):
-            wait_training()
-        if self._sampling is None:
-            return
-        if restart_sampling:
-            close = getattr(self._sampling, "close", None)
-            if callable(close):
-                close()
-            self._sampling = None
-            return
-        wait_idle = getattr(self._sampling, "wait_idle", None)
-        if callable(wait_idle):
-            wait_idle()
+    def settle(self) -> None:
+        """Waits until the clients have stopped touching the model. Abandoned requests (a
+        timed-out evaluator's) were cancelled, so they leave at the next step."""
+        for client in (self._training, self._sampling):
+            if isinstance(client, Settles):
+                client.wait_idle()
 
     def close(self) -> None:
-        """Closes the clients made so far."""
-        for client in (self._sampling, self._training):
-            close = getattr(client, "close", None)
-            if callable(close):
-                close()
+        """Closes the clients made here; the module's own stay open."""
+        for client in self._owned:
+            if isinstance(client, Closeable):
+                client.close()
+        self._owned = []
         self._sampling = self._training = None

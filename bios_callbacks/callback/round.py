@@ -20,12 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bios_callbacks.evaluators.base import (
-    EvaluatorBuilder,
-    SamplingClientEvaluator,
-    TrainingClientEvaluator,
-)
-from bios_callbacks.live_clients import LiveClients
+from bios_callbacks.callback.live_clients import LiveClients
+from bios_callbacks.evaluators.base import EvaluatorBuilder, client_kind
 
 NAMESPACE = "eval"
 
@@ -42,13 +38,17 @@ class EvaluatorSlot:
         """Calls the builder if it has not succeeded yet (raises what the builder raises)."""
         if self.evaluator is None:
             evaluator = self.builder()
-            if not isinstance(evaluator, (SamplingClientEvaluator, TrainingClientEvaluator)):
-                raise TypeError(
-                    f"evaluator builder {self.name!r} returned {evaluator!r}; expected a "
-                    "SamplingClientEvaluator or TrainingClientEvaluator (subclass one of "
-                    "bios_callbacks.evaluators)."
-                )
+            try:
+                client_kind(evaluator)
+            except TypeError as error:
+                raise TypeError(f"evaluator builder {self.name!r} returned {error}") from None
             self.evaluator = evaluator
+
+    def hook(self, name: str, default: Any = (), **kwargs: Any) -> Any:
+        """Calls the evaluator's optional hook `name` (`transcripts`, `eval_prompts`,
+        `set_run_context`); `default` when a duck-typed evaluator does not have it."""
+        method = getattr(self.evaluator, name, None)
+        return method(**kwargs) if callable(method) else default
 
 
 def _builder_name(builder: Any) -> str:
@@ -130,7 +130,7 @@ def _record_values(outcome: RoundOutcome, slot: EvaluatorSlot, result: Any) -> N
         else:
             outcome.metrics[full_key] = number
     try:
-        transcripts = list(slot.evaluator.transcripts())
+        transcripts = list(slot.hook("transcripts"))
     except Exception as error:  # an optional hook failing is a failure like any other
         outcome.fail(slot.name, "hook", f"transcripts() raised {error!r}", error)
         return
@@ -169,8 +169,8 @@ async def run_round(
             return
         try:
             if context:
-                slot.evaluator.set_run_context(**context)
-            if isinstance(slot.evaluator, SamplingClientEvaluator):
+                slot.hook("set_run_context", **context)
+            if client_kind(slot.evaluator) == "sampling":
                 client = clients.sampling()
             else:
                 client = clients.training()

@@ -1,0 +1,19 @@
+"""`EvalCallback` and its parts, one concept a module:
+
+    eval_callback.py   the Lightning hooks: when rounds run, state in checkpoints
+    schedule.py        each evaluator list and its pure `due(step, previous)` rule
+    round.py           one round: build evaluators, run them concurrently, collect results
+    live_clients.py    sampling and training clients over the live module
+    publish.py         loggers, callback_metrics, the Text tab, failure warnings
+    results.py         RoundRecord and eval_results.jsonl
+    console.py         what a round prints
+    held_out.py        the held-out guard
+    run_sync.py, lightning_private.py   async from Lightning's hooks; Lightning's private bits
+
+Example:
+    >>> from bios_callbacks.callback import EvalCallback  # doctest: +SKIP
+"""
+
+from bios_callbacks.callback.eval_callback import CHECKPOINT_KEY, EvalCallback
+
+__all__ = ["CHECKPOINT_KEY", "EvalCallback"]

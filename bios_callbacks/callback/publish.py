@@ -1,0 +1,67 @@
+"""Where a finished round goes: every logger, `trainer.callback_metrics`, TensorBoard's Text
+tab, `eval_results.jsonl`, and warnings for its failures.
+
+Example:
+    >>> publish(trainer, record, transcripts={}, results=ResultsFile(log_dir))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from bios_callbacks.callback.results import ResultsFile, RoundRecord
+
+log = logging.getLogger("bios_callbacks.callback")
+
+
+def publish(
+    trainer: Any,
+    record: RoundRecord,
+    *,
+    transcripts: dict[str, Sequence[tuple[str, str]]],
+    results: ResultsFile | None,
+) -> None:
+    """Logs `record` at its step on every logger and in `callback_metrics` (all ranks, so
+    monitors agree); on rank 0 also appends it to the results file and writes transcripts."""
+    metrics = {
+        **record.metrics,
+        "eval/failures": float(len(record.failures)),
+        "eval/time_s": record.time_s,
+    }
+    for key, value in metrics.items():
+        trainer.callback_metrics[key] = torch.tensor(value)
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=record.step)
+    if not trainer.is_global_zero:
+        return
+    if results is not None:
+        results.append(record)
+    for logger in trainer.loggers:
+        add_text = getattr(logger.experiment, "add_text", None)
+        if not callable(add_text):
+            continue
+        for name, pairs in transcripts.items():
+            text = "\n\n---\n\n".join(
+                f"**prompt:** {prompt}\n\n**response:** {response}" for prompt, response in pairs
+            )
+            add_text(f"eval/{name}/samples", text, global_step=record.step)
+
+
+def report_failures(trainer: Any, record: RoundRecord, tracebacks: Sequence[str]) -> None:
+    """A warning per failure, then each traceback (rank 0 only)."""
+    if not trainer.is_global_zero:
+        return
+    for failure in record.failures:
+        log.warning(
+            "evaluator %r failed at step %d (%s): %s",
+            failure["evaluator"],
+            record.step,
+            failure["kind"],
+            failure["message"],
+        )
+    for text in tracebacks:
+        log.warning("evaluator traceback at step %d:\n%s", record.step, text)

@@ -67,7 +67,7 @@ def test_nll_from_conversations_scores_assistant_turns(tiny_model, tokenizer):
     client = TrainingClient.from_module(tiny_model)
     loss = asyncio.run(evaluator(client))["loss"]
     example = renderer.build_supervised_example(chat)
-    weights = example.weights[1:]  # the first token is never predicted
+    weights = example.weights.tolist()[1:]  # the first token is never predicted
     logprobs = client.compute_logprobs([example.tokens])[0]
     scored = -sum(lp * w for lp, w in zip(logprobs, weights, strict=True)) / sum(weights)
     assert loss == pytest.approx(scored, rel=1e-5)  # only the reply's tokens count

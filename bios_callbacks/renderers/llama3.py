@@ -11,7 +11,8 @@ HEADER_START, HEADER_END, EOT = "<|start_header_id|>", "<|end_header_id|>", "<|e
 
 class Llama3Renderer(TurnRenderer):
     """Llama 3 turns (content trimmed, as Meta's template does); BOS and any default system
-    block (Llama 3.1's knowledge-date lines) come from the tokenizer's template.
+    block (Llama 3.1's knowledge-date lines) come from the tokenizer's template. No tool calls:
+    Llama 3's bare-JSON calls cannot be told apart from JSON answers.
 
     Example:
         >>> r = Llama3Renderer(tokenizer)  # doctest: +SKIP
@@ -26,5 +27,9 @@ class Llama3Renderer(TurnRenderer):
     fallback_preamble = Preamble(BOS, BOS, "")
 
     @staticmethod
-    def header(role: str) -> str:
-        return f"{HEADER_START}{role}{HEADER_END}\n\n"
+    def header_markup(role: str) -> str:
+        return f"{HEADER_START}{role}{HEADER_END}"
+
+    @staticmethod
+    def header_text(role: str) -> str:
+        return "\n\n"

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from bios_callbacks.renderers.base import Message, Renderer, Segment
+from collections.abc import Sequence
+
+from bios_callbacks.renderers.base import (
+    Message,
+    ParseTermination,
+    RenderContext,
+    RenderedMessage,
+    Renderer,
+)
+from bios_callbacks.types import ModelInput
 
 STOP = "\n\nUser:"
+_BEFORE, _AFTER = " ", "\n\n"  # around content; parse_response undoes exactly these
 
 
 class RoleColonRenderer(Renderer):
-    """Each message is `Role: content` followed by a blank line; a reply ends at `\\n\\nUser:`.
+    """Each message is `Role:` then ` content\\n\\n`; a reply ends at `\\n\\nUser:`.
 
-    That end marker is what a supervised example trains: the `User:` after an assistant turn
-    carries that turn's weight, and a conversation ending on an assistant turn ends in `User:`.
+    The `User:` that completes that stop string is trained after the last assistant message of
+    a supervised example. Content keeps its own whitespace both ways. The tokenizer's BOS, if
+    it adds one, starts every sequence.
 
     Example:
         >>> r = RoleColonRenderer(tokenizer)  # doctest: +SKIP
@@ -21,25 +32,51 @@ class RoleColonRenderer(Renderer):
 
     name = "role_colon"
 
-    def _segments(self, messages: list[Message], add_generation_prompt: bool) -> list[Segment]:
-        segments = []
-        for i, message in enumerate(messages):
-            turn = i if message["role"] == "assistant" else None
-            after_reply = i > 0 and messages[i - 1]["role"] == "assistant"
-            header_turn = i - 1 if after_reply and message["role"] == "user" else None
-            segments += [
-                Segment(f"{message['role'].capitalize()}:", header_turn),
-                Segment(f" {message['content']}\n\n", turn),
-            ]
-        if messages[-1]["role"] == "assistant" and not add_generation_prompt:
-            segments.append(Segment("User:", len(messages) - 1))
-        if add_generation_prompt:
-            segments.append(Segment("Assistant:"))
-        return segments
+    def _prefix_tokens(self, messages: Sequence[Message]) -> list[int]:
+        return list(self.tokenizer.encode("", add_special_tokens=True))
+
+    def render_message(self, message: Message, ctx: RenderContext) -> RenderedMessage:
+        """`Role:` as the header, ` content\\n\\n` as the output."""
+        role = message["role"]
+        return RenderedMessage(
+            header=ModelInput.from_ints(self.encode_text(f"{role.capitalize()}:")),
+            output=[
+                ModelInput.from_ints(
+                    self.encode_text(_BEFORE + self._content_text(message) + _AFTER)
+                )
+            ],
+            stop_overlap=ModelInput.from_ints(self.encode_text("User:"))
+            if role == "assistant"
+            else None,
+        )
 
     def get_stop_sequences(self) -> list[str]:
         """`["\\n\\nUser:"]`: the reply ends where the next user turn would begin."""
         return [STOP]
 
-    def _clean_content(self, text: str) -> str:
-        return text.strip()
+    def parse_response(
+        self, response: Sequence[int], *, extra_stop: Sequence[str] = ()
+    ) -> tuple[Message, ParseTermination]:
+        """The reply before `\\n\\nUser:` (STOP_SEQUENCE), or before a final EOS (EOS).
+
+        MALFORMED when neither ended it, when EOS follows `\\n\\nUser:`, or when the model
+        wrote the user's turn too (`\\n\\nUser:` twice). The reply's own whitespace is kept.
+
+        Example:
+            >>> r.parse_response(tokenizer.encode(" Paris\\n\\nUser:"))  # doctest: +SKIP
+            ({'role': 'assistant', 'content': 'Paris'}, <ParseTermination.STOP_SEQUENCE: 'stop'>)
+        """
+        ids = [int(t) for t in response]
+        eos = self.tokenizer.eos_token_id
+        ended_with_eos = bool(ids) and eos is not None and ids[-1] == eos
+        text = self.decode(ids[:-1] if ended_with_eos else ids)
+        pieces = text.split(STOP)
+        if len(pieces) == 2 and not ended_with_eos:
+            termination = ParseTermination.STOP_SEQUENCE
+        elif len(pieces) == 1 and ended_with_eos:
+            termination = ParseTermination.EOS
+        else:
+            termination = ParseTermination.MALFORMED
+        content = pieces[0].removeprefix(_BEFORE).removesuffix(_AFTER)
+        content, termination = self._cut_at_strings(content, extra_stop, termination)
+        return Message(role="assistant", content=content), termination

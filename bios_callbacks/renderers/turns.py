@@ -1,57 +1,106 @@
-"""Chat formats built from marked turns: `header(role) + content + end marker [+ separator]`.
+"""Chat formats built from marked turns: `markers + role text`, content, one end-marker token.
 
-ChatML and Llama 3 differ only in their header, end marker, what follows a turn, whether
-content is trimmed and the preamble used when the tokenizer has no template; this holds the rest.
+ChatML and Llama 3 differ only in their markers, what separates turns, whether content is
+trimmed and the preamble used when the tokenizer has no template; this holds the rest.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from bios_callbacks.renderers.base import Message, Preamble, Renderer, Segment, probe_preamble
+from bios_callbacks.renderers.base import (
+    Message,
+    ParseTermination,
+    Preamble,
+    RenderContext,
+    RenderedMessage,
+    Renderer,
+    probe_preamble,
+)
+from bios_callbacks.types import ModelInput
 
 
 class TurnRenderer(Renderer):
-    """A renderer whose turns are `header(role)`, content ending in `end`, then `after_turn`.
+    """A renderer whose turns are `header(role)`, content, then the single token `end`.
 
-    Subclasses set `end` (a single token), `header`, and optionally `after_turn`,
-    `strip_content` and `fallback_preamble`. A default system prompt or BOS is read from the
-    tokenizer's own template (see `probe_preamble`).
+    Subclasses set `end`, `header_markup` and `header_text`, and optionally `separator`
+    (written before every turn but the first), `strip_content` and `fallback_preamble`. A
+    default system prompt or BOS is read from the tokenizer's own template (`probe_preamble`).
+
+    A message the model never writes is tokenized together with the text ending its header,
+    as the template does; an assistant message is tokenized after its header, as sampling
+    produces it.
     """
 
     end: str = ""
-    after_turn: str = ""
+    separator: str = ""
     strip_content: bool = False
     fallback_preamble: Preamble = Preamble()
 
     @staticmethod
-    def header(role: str) -> str:
-        """The text opening a `role` turn."""
+    def header_markup(role: str) -> str:
+        """The header up to the text that may merge with content, markers included."""
+        raise NotImplementedError
+
+    @staticmethod
+    def header_text(role: str) -> str:
+        """The plain text ending the header (e.g. `"\\n"`), tokenized with the content."""
         raise NotImplementedError
 
     def __init__(self, tokenizer: Any) -> None:
         super().__init__(tokenizer)
-        self._end_id = self._single_token_id(self.end)
+        self._end_id = self.special_id(self.end)
         self._preamble = probe_preamble(
-            tokenizer, self.header("system"), self.header("user"), self.fallback_preamble
+            tokenizer,
+            self.header_markup("system") + self.header_text("system"),
+            self.header_markup("user") + self.header_text("user"),
+            self.fallback_preamble,
         )
 
-    def _segments(self, messages: list[Message], add_generation_prompt: bool) -> list[Segment]:
-        has_system = messages[0]["role"] == "system"
+    def _prefix_tokens(self, messages: Sequence[Message]) -> list[int]:
         pre = self._preamble
-        segments = [Segment(pre.with_system if has_system else pre.without_system)]
-        for i, message in enumerate(messages):
-            content = message["content"].strip() if self.strip_content else message["content"]
-            if i == 0 and has_system:
-                content = pre.system_prefix + content
-            turn = i if message["role"] == "assistant" else None
-            segments += [Segment(self.header(message["role"])), Segment(content + self.end, turn)]
-            if self.after_turn:
-                segments.append(Segment(self.after_turn))
-        if add_generation_prompt:
-            segments.append(Segment(self.header("assistant")))
-        return segments
+        has_system = bool(messages) and messages[0]["role"] == "system"
+        return self.encode_markup(pre.with_system if has_system else pre.without_system)
+
+    def _message_text(self, message: Message) -> str:
+        return self._content_text(message)
+
+    def render_message(self, message: Message, ctx: RenderContext) -> RenderedMessage:
+        """`[separator] header`, then content and the end marker as the output."""
+        role = message["role"]
+        text = self._message_text(message)
+        if self.strip_content:
+            text = text.strip()
+        if ctx.idx == 0 and role == "system":
+            text = self._preamble.system_prefix + text
+        markup = self.encode_markup((self.separator if ctx.idx else "") + self.header_markup(role))
+        if role == "assistant":
+            head, content = self.encode_text(self.header_text(role)), self.encode_text(text)
+        else:
+            head, content = self.encode_joined(self.header_text(role), text)
+        return RenderedMessage(
+            header=ModelInput.from_ints(markup + head),
+            output=[ModelInput.from_ints([*content, self._end_id])],
+        )
 
     def get_stop_sequences(self) -> list[int]:
         """`[id of the end-of-turn marker]`."""
         return [self._end_id]
+
+    def parse_response(
+        self, response: Sequence[int], *, extra_stop: Sequence[str] = ()
+    ) -> tuple[Message, ParseTermination]:
+        """The reply before the end marker (or EOS); MALFORMED if neither came.
+
+        Content ends before the first of the caller's `extra_stop` strings too. Two end
+        markers are an error: the sampler should have stopped at the first.
+
+        Example:
+            >>> renderer.parse_response(tokenizer.encode("Hello<|im_end|>"))  # doctest: +SKIP
+            ({'role': 'assistant', 'content': 'Hello'}, <ParseTermination.STOP_SEQUENCE: 'stop'>)
+        """
+        message, termination = self._parse_until_stop_token(response, self._end_id, extra_stop)
+        if self.strip_content:
+            message["content"] = message["content"].strip()
+        return message, termination

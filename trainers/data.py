@@ -107,12 +107,13 @@ def warn_on_overlap(train: list[Messages], test: list[Messages]) -> int:
 
 
 def tokenize_conversations(
-    conversations: list[Messages], renderer: Any, max_length: int
+    conversations: list[Messages], renderer: Any, max_length: int, train_on_what: str
 ) -> list[tuple[list[int], list[float]]]:
-    """Renders each conversation to (tokens, loss weights), truncated to `max_length` tokens."""
+    """Renders each conversation to (tokens, loss weights), truncated to `max_length` tokens;
+    `train_on_what` (a `renderers.TrainOnWhat`) says which tokens carry loss."""
     examples = []
     for messages in conversations:
-        example = renderer.build_supervised_example(messages)
+        example = renderer.build_supervised_example(messages, train_on_what)
         tokens = list(example.tokens)[:max_length]
         weights = [float(w) for w in example.weights][:max_length]
         if sum(weights[1:]) == 0:

@@ -1,7 +1,8 @@
 """Supervised fine-tuning on chat conversations, with inline evaluations.
 
-Loss is next-token cross-entropy on the assistant tokens only (the renderer's
-`build_supervised_example` weights). Train loss is printed every step and test loss every
+Loss is next-token cross-entropy on every assistant message of a conversation
+(`TRAIN_ON_WHAT`: the renderer's `build_supervised_example` weights for
+`TrainOnWhat.ALL_ASSISTANT_MESSAGES`). Train loss is printed every step and test loss every
 `test_every` steps; both go to TensorBoard in `log_dir` together with the evaluators' metrics.
 
 Command line:
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from bios_callbacks.renderers import TrainOnWhat
 from bios_callbacks.tokenizer_utils import pad_token_id
 from bios_callbacks.train_flags import evaluation_mode
 from trainers import data
@@ -41,7 +43,10 @@ from trainers.policy import (
     out_of_memory_explained,
 )
 
-__all__ = ["SFTConfig", "SFTModule", "train"]
+__all__ = ["TRAIN_ON_WHAT", "SFTConfig", "SFTModule", "train"]
+
+TRAIN_ON_WHAT = TrainOnWhat.ALL_ASSISTANT_MESSAGES
+"""What SFT learns: every assistant message (earlier turns too, not only the last)."""
 
 
 def weighted_loss(
@@ -132,8 +137,10 @@ def train(
 
     renderer = get_renderer(name=renderer_name, tokenizer=tokenizer)
     pad_id = pad_token_id(tokenizer)
-    train_examples = data.tokenize_conversations(train_convs, renderer, cfg.max_length)
-    test_examples = data.tokenize_conversations(test_convs, renderer, cfg.max_length)
+    train_examples = data.tokenize_conversations(
+        train_convs, renderer, cfg.max_length, TRAIN_ON_WHAT
+    )
+    test_examples = data.tokenize_conversations(test_convs, renderer, cfg.max_length, TRAIN_ON_WHAT)
     test_batches = [
         data.collate(test_examples[i : i + cfg.batch_size], pad_id)
         for i in range(0, len(test_examples), cfg.batch_size)

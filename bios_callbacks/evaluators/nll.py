@@ -80,7 +80,8 @@ class NLLEvaluator(TrainingClientEvaluator):
         *,
         name: str = "nll",
     ) -> NLLEvaluator:
-        """Builds examples with ``renderer.build_supervised_example`` (loss on assistant turns).
+        """Builds examples with ``renderer.build_supervised_example`` (loss on every assistant
+        message: ``TrainOnWhat.ALL_ASSISTANT_MESSAGES``).
 
         Example:
             >>> NLLEvaluator.from_conversations(  # doctest: +SKIP
@@ -88,7 +89,10 @@ class NLLEvaluator(TrainingClientEvaluator):
             ...       {"role": "assistant", "content": "Hello"}]],
             ...     renderer)
         """
-        examples = [renderer.build_supervised_example(list(c)) for c in conversations]
+        examples = [
+            renderer.build_supervised_example(list(c), "all_assistant_messages")
+            for c in conversations
+        ]
         prompts = [m["content"] for c in conversations for m in c if m.get("role") == "user"]
         return cls(examples, name=name, prompts=prompts)
 

@@ -1,3 +1,4 @@
+# ruff: noqa: E501 (chat templates are kept as published, one statement a line)
 """Offline tokenizers in other models' formats, built from the SmolLM2 vocabulary.
 
 Each is the SmolLM2 tokenizer given a model family's special tokens and its chat template,
@@ -137,7 +138,14 @@ QWEN3_TEMPLATE = (
 # hybrid one: these models write no think blocks and their prompt is the bare header).
 QWEN3_INSTRUCT_TEMPLATE = _QWEN3_HEAD + _QWEN3_INSTRUCT_ASSISTANT + _QWEN3_TAIL + "{%- endif %}"
 
-QWEN3_ADDED = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
+QWEN3_ADDED = [
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+]
 
 
 # How Llama 3's and Qwen2/3's tokenizers split text before BPE (newlines group together and

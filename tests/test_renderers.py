@@ -55,7 +55,8 @@ def template_text(tokenizer, messages):
 
 
 def trained_text(tokenizer, example):
-    return tokenizer.decode([t for t, w in zip(example.tokens, example.weights.tolist()) if w])
+    weights = example.weights.tolist()
+    return tokenizer.decode([t for t, w in zip(example.tokens, weights, strict=True) if w])
 
 
 def split_example(example):
@@ -212,8 +213,9 @@ def test_train_on_what_modes(tokenizer):
     assert trained(TrainOnWhat.ALL_USER_AND_SYSTEM_MESSAGES) == (
         SYSTEM["content"] + "<|im_end|>" + question + question
     )
+    system = SYSTEM["content"] + "<|im_end|>"
     assert trained(TrainOnWhat.ALL_MESSAGES) == (
-        SYSTEM["content"] + "<|im_end|>" + question + "Lyon<|im_end|>" + question + "Paris<|im_end|>"
+        system + question + "Lyon<|im_end|>" + question + "Paris<|im_end|>"
     )
     every = renderer.build_supervised_example(messages, TrainOnWhat.ALL_TOKENS)
     assert every.weights.tolist() == [1.0] * len(every.tokens)

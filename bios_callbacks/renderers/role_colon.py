@@ -77,6 +77,8 @@ class RoleColonRenderer(Renderer):
             termination = ParseTermination.EOS
         else:
             termination = ParseTermination.MALFORMED
-        content = pieces[0].removeprefix(_BEFORE).removesuffix(_AFTER)
+        content = pieces[0].removeprefix(_BEFORE)
+        if len(pieces) == 1:  # else the stop string took the newlines that follow content
+            content = content.removesuffix(_AFTER)
         content, termination = self._cut_at_strings(content, extra_stop, termination)
         return Message(role="assistant", content=content), termination

@@ -464,3 +464,20 @@ def test_hf_template_with_a_plain_text_end_marker_stops_on_the_string(tokenizer)
     assert trained_text(plain, example) == "Paris [END]"
     sampled = plain.encode("Paris [END]\nuser: more", add_special_tokens=False)
     assert renderer.parse_response(sampled) == (REPLY, "stop")
+
+
+def test_chatml_tool_calls_and_thinking_parts_render_and_parse_back(tokenizer):
+    renderer = renderers.get_renderer("chatml", tokenizer)
+    call = renderers.ToolCall(function=renderers.ToolCall.FunctionBody("add", '{"a": 1}'))
+    two_calls = {"role": "assistant", "content": "Adding.\n", "tool_calls": [call, call]}
+    _, action = split_example(renderer.build_supervised_example([USER, two_calls]))
+    assert tokenizer.decode(action) == (
+        'Adding.\n\n<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call><|im_end|>'
+    )
+    message, termination = renderer.parse_response(action)
+    assert termination.is_clean
+    assert message == two_calls
+    thinking = [{"type": "thinking", "thinking": "hm"}, {"type": "text", "text": "4"}]
+    prompt = renderer.build_generation_prompt([{"role": "assistant", "content": thinking}])
+    assert "<|im_start|>assistant\n<think>hm</think>4<|im_end|>" in tokenizer.decode(prompt.tokens)

@@ -742,19 +742,23 @@ def tool_calls_text(calls: Sequence[ToolCall]) -> str:
     return "\n".join(f"<tool_call>\n{_tool_call_json(c)}\n</tool_call>" for c in calls)
 
 
+def _drop_call_separators(text: str) -> str:
+    """Undoes `tool_calls_text`'s layout: the newline written before each call."""
+    return re.sub(r"\n(?=<tool_call>)", "", text)
+
+
 def split_tool_calls(message: Message) -> Message:
     """Moves `<tool_call>` blocks out of a parsed message's text into `tool_calls` (and
     `unparsed_tool_calls`); a block left open is reported there too."""
     content = message["content"]
     if not isinstance(content, str) or "<tool_call>" not in content:
         return message
+    content = _drop_call_separators(content)
     pieces = re.split(r"(<tool_call>.*?</tool_call>)", content, flags=re.DOTALL)
     calls = [
         _parse_tool_call(p[len("<tool_call>") : -len("</tool_call>")], p) for p in pieces[1::2]
     ]
     text = "".join(pieces[::2])
-    if text.endswith("\n") and calls:
-        text = text[:-1]
     out: Message = {**message, "content": text}
     parsed = [c for c in calls if isinstance(c, ToolCall)]
     failed = [c for c in calls if isinstance(c, UnparsedToolCall)]

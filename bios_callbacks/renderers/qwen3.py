@@ -21,6 +21,7 @@ from bios_callbacks.renderers.base import (
     ToolCall,
     ToolSpec,
     UnparsedToolCall,
+    _drop_call_separators,
     has_thinking,
     parse_content_blocks,
     tool_calls_text,
@@ -156,7 +157,7 @@ class Qwen3Renderer(ChatMLRenderer):
             return message, termination
         content = message["content"]
         assert isinstance(content, str)
-        blocks = parse_content_blocks(content)
+        blocks = parse_content_blocks(_drop_call_separators(content))
         if blocks is not None:
             parts, calls = blocks
             message["content"] = _unframe(parts) if self.frames_thinking else parts

@@ -481,3 +481,17 @@ def test_chatml_tool_calls_and_thinking_parts_render_and_parse_back(tokenizer):
     thinking = [{"type": "thinking", "thinking": "hm"}, {"type": "text", "text": "4"}]
     prompt = renderer.build_generation_prompt([{"role": "assistant", "content": thinking}])
     assert "<|im_start|>assistant\n<think>hm</think>4<|im_end|>" in tokenizer.decode(prompt.tokens)
+
+
+def test_registered_tokenizer_is_served_by_name_until_unregistered(tokenizer):
+    from bios_callbacks import tokenizer_utils
+
+    tokenizer_utils.register_tokenizer("acme/tok", lambda: tokenizer)
+    try:
+        assert tokenizer_utils.is_tokenizer_registered("acme/tok")
+        assert "acme/tok" in tokenizer_utils.get_registered_tokenizer_names()
+        renderer = renderers.get_renderer("chatml", tokenizer_utils.get_tokenizer("acme/tok"))
+        assert renderer.build_generation_prompt([USER]).length > 0
+    finally:
+        assert tokenizer_utils.unregister_tokenizer("acme/tok") is True
+    assert not tokenizer_utils.is_tokenizer_registered("acme/tok")

@@ -131,3 +131,29 @@ def test_resume_refuses_a_trainer_state_holding_other_objects(
 
     with pytest.raises(pickle.UnpicklingError, match="Fraction"):
         train(SFTConfig(steps=3, resume_from="bios://tampered/step_000002", **common))
+
+
+def test_a_run_directory_holds_one_history(tiny_model, tokenizer, root):
+    common = dict(train_data=TRAIN, batch_size=4, save_every=1, keep_trainer_states=0)
+    train(SFTConfig(steps=3, run_name="once", **common), model=tiny_model, tokenizer=tokenizer)
+    checkpoints = root / "once" / "checkpoints"
+    saved = {p.name: p.stat().st_mtime_ns for p in checkpoints.iterdir()}
+
+    # going on from an earlier checkpoint in the run's own directory would replace later ones
+    with pytest.raises(FileExistsError) as error:
+        train(SFTConfig(steps=4, resume_from="bios://once/step_000001", **common))
+    message = str(error.value)
+    assert "step_000002, step_000003" in message
+    assert "resume_from=bios://once/step_000003" in message and "run_name=" in message
+
+    # a new run may not reuse the directory either
+    with pytest.raises(FileExistsError, match="resume_from=bios://once/step_000003"):
+        train(SFTConfig(steps=1, run_name="once", **common), model=tiny_model, tokenizer=tokenizer)
+    assert {p.name: p.stat().st_mtime_ns for p in checkpoints.iterdir()} == saved
+
+    # naming a new run branches from the earlier checkpoint there, continuing its step count
+    branch = train(
+        SFTConfig(steps=2, resume_from="bios://once/step_000001", run_name="branch", **common)
+    )
+    assert branch.checkpoint == "bios://branch/step_000002"
+    assert [p.name for p in (root / "branch" / "checkpoints").iterdir()] == ["step_000002"]

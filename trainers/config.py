@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bios_callbacks.checkpoints import checkpoint_root
+from bios_callbacks.checkpoints import checkpoint_dir, checkpoint_root
 from bios_callbacks.model_loading import EMBEDDED_MODEL
 
 C = TypeVar("C", bound="TrainConfig")
@@ -45,10 +45,15 @@ class TrainConfig:
         batch_size: conversations (SFT) or prompts (RL) per step.
         learning_rate: AdamW learning rate (constant after `warmup_steps`).
         lora_rank: 0 trains all weights; > 0 trains a LoRA adapter of this rank (needs `peft`).
-        log_dir: run directory for TensorBoard logs and checkpoints; default
-            `$BIOS_CHECKPOINT_ROOT/<run_name>` (root `./runs`), so checkpoints get `bios://` paths.
+        run_name: the run's directory name under `$BIOS_CHECKPOINT_ROOT` (root `./runs`); default
+            `<kind>-<start time>-<random>`, or the resumed checkpoint's run (see `resume_from`).
+        log_dir: run directory for TensorBoard logs, `eval_results.jsonl` and checkpoints; default
+            `$BIOS_CHECKPOINT_ROOT/<run_name>`, so checkpoints get `bios://` paths.
         save_every: save a checkpoint every this many steps (0: only at the end).
         resume_from: a checkpoint written by this trainer (dir or `bios://`) to continue from.
+            Without `run_name` or `log_dir` the run continues in that checkpoint's run directory
+            (new TensorBoard event files beside the old ones, the same results file and
+            checkpoints); with either, the resumed run is a new run (a branch) in that directory.
         keep_trainer_states: how many of the newest checkpoints keep `trainer_state.ckpt`
             (optimizer state, needed to resume; twice the weights' size with AdamW); older
             checkpoints keep their weights. 0 keeps it everywhere.
@@ -109,6 +114,11 @@ class TrainConfig:
                     f"renderer_name={self.renderer_name!r}: expected one of {renderer_names()}, "
                     "or leave it unset for the model's usual format."
                 )
+        resumed = None
+        if self.resume_from and self.run_name is None and self.log_dir is None:
+            resumed = resumed_run_dir(self.resume_from)
+        if resumed is not None:
+            self.run_name, self.log_dir = resumed.name, str(resumed)
         if self.run_name is None:
             self.run_name = default_run_name(self.kind())
         if self.log_dir is None:
@@ -157,22 +167,40 @@ class TrainConfig:
             >>> SFTConfig.parse_cli(["run_name=007", "steps=20", "renderer_name=none"])
             {'run_name': '007', 'steps': 20, 'renderer_name': None}
         """
-        words: dict[str, str] = {}
-        for word in argv:
-            key, sep, raw = word.partition("=")
-            if not sep or not key:
-                raise ValueError(
-                    f"Argument {word!r} is not key=value. Valid keys: {', '.join(cls.keys())}."
-                )
-            words[key] = raw
-        cls._check_keys(words)
-        hints = typing.get_type_hints(cls)
-        return {key: _parse_value(key, raw, hints[key]) for key, raw in words.items()}
+        return parse_words(cls, argv)
 
     @property
     def run_dir(self) -> Path:
         """The run directory (same as `log_dir`)."""
         return Path(str(self.log_dir))
+
+
+def parse_words(fields: type, argv: Sequence[str]) -> dict[str, Any]:
+    """`key=value` words read as the fields of the dataclass `fields` say (the trainers' and
+    examples' command lines); unknown keys and values that do not fit the type are errors.
+
+    Example:
+        >>> @dataclass
+        ... class Args:
+        ...     steps: int = 20
+        ...     model_path: str | None = None
+        >>> parse_words(Args, ["steps=5", "model_path=bios://run/step_000005"])
+        {'steps': 5, 'model_path': 'bios://run/step_000005'}
+    """
+    keys = [f.name for f in dataclasses.fields(fields)]
+    words: dict[str, str] = {}
+    for word in argv:
+        key, sep, raw = word.partition("=")
+        if not sep or not key:
+            raise ValueError(f"Argument {word!r} is not key=value. Valid keys: {', '.join(keys)}.")
+        words[key] = raw
+    unknown = sorted(set(words) - set(keys))
+    if unknown:
+        raise ValueError(
+            f"Unknown {fields.__name__} key(s) {unknown}. Valid keys: {', '.join(keys)}."
+        )
+    hints = typing.get_type_hints(fields)
+    return {key: _parse_value(key, raw, hints[key]) for key, raw in words.items()}
 
 
 def _check_int(cfg: TrainConfig, name: str, *, minimum: int, hint: str = "") -> None:
@@ -186,6 +214,18 @@ def default_run_name(kind: str) -> str:
     """`<kind>-<YYYYmmdd-HHMMSS>-<6 random hex digits>`: sorts by start time, and runs started in
     the same second (a sweep, parallel jobs) still get their own directories."""
     return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def resumed_run_dir(resume_from: str) -> Path | None:
+    """The run directory a trainer checkpoint belongs to (`<run>/checkpoints/<name>` -> `<run>`),
+    or None for a checkpoint kept anywhere else.
+
+    Example:
+        >>> resumed_run_dir("runs/sft-a/checkpoints/step_000004")
+        PosixPath('runs/sft-a')
+    """
+    path = checkpoint_dir(resume_from)
+    return path.parent.parent if path.parent.name == "checkpoints" else None
 
 
 _NONE_WORDS = ("none", "null")

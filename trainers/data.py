@@ -13,7 +13,9 @@ Example:
 from __future__ import annotations
 
 import json
+import random
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +143,45 @@ def collate(examples: list[tuple[list[int], list[float]]], pad_id: int) -> dict[
         weights[row, :n] = torch.tensor(w[1:])
         mask[row, :n] = 1
     return {"input_ids": inputs, "attention_mask": mask, "targets": targets, "weights": weights}
+
+
+class BatchStream:
+    """Endless shuffled batches whose order depends only on the seed: batch k of a run is the
+    same whether or not the run was stopped and resumed before it.
+
+    Each epoch is its own permutation (drawn from `seed` and the epoch number) cut into
+    batches of `batch_size` (the last one of an epoch may be smaller). Iteration starts at
+    batch `start`: a run resumed after N steps passes `start=N` and continues where it was.
+
+    Example:
+        >>> stream = iter(BatchStream(list("abcdef"), 4, list, seed=0, start=1))
+        >>> len(next(stream)), len(next(stream))  # the end of epoch 0, the start of epoch 1
+        (2, 4)
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Any],
+        batch_size: int,
+        collate: Callable[[list[Any]], Any],
+        *,
+        seed: int,
+        start: int = 0,
+    ):
+        self.items = items
+        self.batch_size = batch_size
+        self.collate = collate
+        self.seed = seed
+        self.start = start
+
+    def __iter__(self) -> Iterator[Any]:
+        size = self.batch_size
+        per_epoch = -(-len(self.items) // size)
+        epoch, first = divmod(self.start, per_epoch)
+        while True:
+            order = list(range(len(self.items)))
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+            for batch in range(first, per_epoch):
+                chosen = order[batch * size : (batch + 1) * size]
+                yield self.collate([self.items[i] for i in chosen])
+            epoch, first = epoch + 1, 0

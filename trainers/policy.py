@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +22,18 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from trainers.checkpointing import TRAINER_STATE, CheckpointSaver, checkpoint_uri, latest_results
+from trainers.checkpointing import (
+    TRAINER_STATE,
+    CheckpointSaver,
+    check_run_dir,
+    checkpoint_uri,
+    latest_results,
+)
 from trainers.config import TrainConfig
+from trainers.quiet import quiet_training, quiet_warnings
 
 
+@quiet_warnings()  # peft's deprecation warning about transformers
 def load_policy(
     cfg: TrainConfig, *, model: torch.nn.Module | None = None, tokenizer: Any = None
 ) -> tuple[torch.nn.Module, Any, str, str]:
@@ -43,6 +51,7 @@ def load_policy(
         trainer_state(cfg)  # fails before any loading if the optimizer state is gone
     elif (model is None) != (tokenizer is None):
         raise ValueError("Pass both model= and tokenizer=, or neither to load cfg.model_name.")
+    check_run_dir(cfg)
     source = cfg.resume_from or cfg.model_name
     base_model, renderer_name = cfg.model_name, cfg.renderer_name
     if (cfg.resume_from or model is None) and is_checkpoint_ref(source):
@@ -72,6 +81,13 @@ def trainer_state(cfg: TrainConfig) -> Path:
             "run's latest checkpoint, or start a new run with model_name= set to this one."
         )
     return state
+
+
+def resumed_step(cfg: TrainConfig) -> int:
+    """The step `cfg.resume_from` was saved at (0 for a new run): where the data continues."""
+    from bios_callbacks.checkpoints import read_checkpoint_metadata
+
+    return read_checkpoint_metadata(cfg.resume_from).step if cfg.resume_from else 0
 
 
 def add_lora(model: torch.nn.Module, rank: int, alpha: float) -> torch.nn.Module:
@@ -230,7 +246,7 @@ class StopSaver(L.Callback):
 def fit(
     cfg: TrainConfig,
     module: PolicyModule,
-    loader: Any,
+    batches: Iterable[Any],
     *,
     base_model: str,
     renderer_name: str,
@@ -242,17 +258,20 @@ def fit(
     SIGTERM stops after the current step, saves, and raises `SystemExit(143)`; Ctrl-C saves
     and raises `SystemExit(1)`. The module's threads and clients are released in every case.
     """
-    trainer = build_trainer(
-        cfg, base_model=base_model, renderer_name=renderer_name, callbacks=callbacks
-    )
     resume = trainer_state(cfg) if cfg.resume_from else None
-    try:
-        trainer.fit(module, train_dataloaders=loader, ckpt_path=resume, weights_only=True)
-    except SIGTERMException:
-        print(f"Stopped by SIGTERM at step {trainer.global_step}.", file=sys.stderr, flush=True)
-        raise SystemExit(SIGTERM_EXIT_STATUS) from None
-    finally:
-        module.release()
+    if resume is not None:
+        print(f"resuming from {checkpoint_uri(resume.parent)}; the run goes on in {cfg.run_dir}")
+    with quiet_training():
+        trainer = build_trainer(
+            cfg, base_model=base_model, renderer_name=renderer_name, callbacks=callbacks
+        )
+        try:
+            trainer.fit(module, train_dataloaders=batches, ckpt_path=resume, weights_only=True)
+        except SIGTERMException:
+            print(f"Stopped by SIGTERM at step {trainer.global_step}.", file=sys.stderr, flush=True)
+            raise SystemExit(SIGTERM_EXIT_STATUS) from None
+        finally:
+            module.release()
 
     saver = next(cb for cb in trainer.callbacks if isinstance(cb, CheckpointSaver))
     final = checkpoint_uri(saver.saved[-1]) if saver.saved else ""

@@ -31,7 +31,6 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from bios_callbacks.tokenizer_utils import pad_token_id
 from trainers import data
@@ -43,6 +42,7 @@ from trainers.policy import (
     fit,
     load_policy,
     out_of_memory_explained,
+    resumed_step,
 )
 
 __all__ = ["RLConfig", "RLModule", "train"]
@@ -239,12 +239,8 @@ def train(
     from bios_callbacks.renderers import get_renderer
 
     renderer = get_renderer(name=renderer_name, tokenizer=tokenizer)
-    loader = DataLoader(
-        prompts,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        collate_fn=list,
-        generator=torch.Generator().manual_seed(cfg.seed),
+    batches = data.BatchStream(
+        prompts, cfg.batch_size, list, seed=cfg.seed, start=resumed_step(cfg)
     )
     print(
         f"RL {base_model} ({renderer_name}): {len(prompts)} prompts, {cfg.steps} iterations of "
@@ -254,7 +250,12 @@ def train(
 
     module = RLModule(model, tokenizer, cfg, renderer)
     return fit(
-        cfg, module, loader, base_model=base_model, renderer_name=renderer_name, callbacks=callbacks
+        cfg,
+        module,
+        batches,
+        base_model=base_model,
+        renderer_name=renderer_name,
+        callbacks=callbacks,
     )
 
 

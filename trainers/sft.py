@@ -27,7 +27,6 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from bios_callbacks.renderers import TrainOnWhat
 from bios_callbacks.tokenizer_utils import pad_token_id
@@ -41,6 +40,7 @@ from trainers.policy import (
     fit,
     load_policy,
     out_of_memory_explained,
+    resumed_step,
 )
 
 __all__ = ["TRAIN_ON_WHAT", "SFTConfig", "SFTModule", "train"]
@@ -84,6 +84,14 @@ class SFTModule(PolicyModule):
         self.log_metrics({"train/loss": value, "time/step_s": seconds}, step=step)
         print(f"step {step}: train loss {value:.4f} ({seconds:.2f}s)", flush=True)
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["sft_last_tested"] = self.last_tested
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A run resumed at a step whose test loss was logged does not log it again."""
+        self.last_tested = checkpoint.get("sft_last_tested")
 
     def finish_training(self) -> None:
         """Called by CheckpointSaver before the final checkpoint: the last test loss."""
@@ -145,12 +153,12 @@ def train(
         data.collate(test_examples[i : i + cfg.batch_size], pad_id)
         for i in range(0, len(test_examples), cfg.batch_size)
     ]
-    loader = DataLoader(
+    batches = data.BatchStream(
         train_examples,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        collate_fn=lambda batch: data.collate(batch, pad_id),
-        generator=torch.Generator().manual_seed(cfg.seed),
+        cfg.batch_size,
+        lambda batch: data.collate(batch, pad_id),
+        seed=cfg.seed,
+        start=resumed_step(cfg),
     )
     print(
         f"SFT {base_model} ({renderer_name}): {len(train_examples)} train / "
@@ -162,7 +170,12 @@ def train(
     # train: Lightning runs the loop; callbacks evaluate and checkpoint
     module = SFTModule(model, tokenizer, cfg, test_batches)
     return fit(
-        cfg, module, loader, base_model=base_model, renderer_name=renderer_name, callbacks=callbacks
+        cfg,
+        module,
+        batches,
+        base_model=base_model,
+        renderer_name=renderer_name,
+        callbacks=callbacks,
     )
 
 

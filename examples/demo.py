@@ -6,6 +6,10 @@ many capitals but answers in a sentence, so its strict-format accuracy starts ne
 SFT run on other countries teaches the format; the held-out countries show whether it sticks.
 
     python -m examples.demo [steps=16 batch_size=8 learning_rate=1e-4 ...]
+    python -m examples.demo --help      # every key and this demo's settings
+
+It writes everything under `$BIOS_CHECKPOINT_ROOT/demo-<time>-<random>` (root `./runs`):
+TensorBoard logs, `eval_results.jsonl`, `inspect_logs/` and `checkpoints/`.
 
 Evaluations: a regular QA evaluator (strict format) every `eval_every` steps and an infrequent
 Inspect AI task (is the right city named at all?) every `infrequent_eval_every` steps. At the
@@ -17,10 +21,13 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from bios_callbacks.callback.results import RESULTS_FILE_NAME, read_records
 from bios_callbacks.model_loading import EMBEDDED_MODEL
-from trainers.config import SFTConfig
+from trainers.cli import run_cli
+from trainers.config import SFTConfig, default_run_name
 
 TRAIN_CAPITALS = [
     ("Portugal", "Lisbon"),
@@ -139,8 +146,7 @@ def summarize(run_dir) -> list[str]:
     last: dict[str, tuple[int, float]] = {}
     for record in records:
         for key, value in record.metrics.items():
-            skip = key.startswith(("eval/time", "eval/failures")) or key.endswith("/stderr")
-            if key.startswith("eval/") and not skip:
+            if not key.endswith("/stderr"):  # Inspect's standard errors
                 first.setdefault(key, (record.step, value))
                 last[key] = (record.step, value)
     return [
@@ -150,13 +156,11 @@ def summarize(run_dir) -> list[str]:
     ]
 
 
-def main(argv: list[str]) -> int:
+def demo_settings() -> dict:
+    """The demo's SFT settings; command-line words change them."""
     from bios_callbacks.eval.inspect_evaluator import InspectEvaluatorBuilder
-    from trainers import sft
 
-    started = time.perf_counter()
-    run_name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    defaults = {
+    return {
         "model_name": EMBEDDED_MODEL,
         "renderer_name": "chatml",
         **capitals_data(),
@@ -173,12 +177,17 @@ def main(argv: list[str]) -> int:
             )
         ],
         "infrequent_eval_every": 16,
-        "run_name": run_name,
+        "run_name": default_run_name("demo"),
         "seed": 0,
     }
-    cfg = SFTConfig.from_dict({**defaults, **SFTConfig.parse_cli(argv)})
-    result = sft.train(cfg)
 
+
+def run(cfg: SFTConfig, callbacks: Sequence[Any] = ()) -> None:
+    """Trains as `cfg` says and prints the summary."""
+    from trainers import sft
+
+    started = time.perf_counter()
+    result = sft.train(cfg, callbacks=callbacks)
     print("\n=== demo summary ===")
     print("eval metrics, first vs last evaluated step:")
     print("\n".join(summarize(cfg.run_dir)))
@@ -191,7 +200,10 @@ def main(argv: list[str]) -> int:
     print(f"final checkpoint: {result.checkpoint}")
     print(f"view it: tensorboard --logdir {cfg.run_dir}")
     print(f"total time: {time.perf_counter() - started:.0f}s")
-    return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_cli(SFTConfig, run, argv, doc=__doc__, defaults=demo_settings())
 
 
 if __name__ == "__main__":

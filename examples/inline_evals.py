@@ -4,14 +4,18 @@ Fine-tunes the embedded SmolLM2-135M-Instruct for a few steps on a toy chat set 
 EvalCallback runs a cheap held-out loss every few steps and a sampled QA eval more rarely.
 Results go to TensorBoard, to `eval_results.jsonl` in the log dir, and into each checkpoint.
 
-    python examples/inline_evals.py --max-steps 20
+    python -m examples.inline_evals [steps=20 log_dir=...]
     tensorboard --logdir runs/inline_evals
+
+Logs, `eval_results.jsonl` and Lightning checkpoints go to `<log_dir>/version_<N>/`; `log_dir`
+defaults to `$BIOS_CHECKPOINT_ROOT/inline_evals` (root `./runs`).
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
+import sys
+from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
@@ -19,11 +23,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from bios_callbacks.callback import EvalCallback
+from bios_callbacks import EvalCallback
+from bios_callbacks.checkpoints import checkpoint_root
 from bios_callbacks.evaluators import NLLEvaluator, QAEvaluator
 from bios_callbacks.model_loading import EMBEDDED_MODEL, load_model
 from bios_callbacks.renderers import get_renderer
 from bios_callbacks.tokenizer_utils import pad_token_id
+from trainers.cli import parse_args
 
 
 def chat(question: str, answer: str) -> list[dict[str, str]]:
@@ -71,15 +77,21 @@ def collate(examples, pad_id: int):
     weights = torch.zeros((len(examples), longest))
     for row, example in enumerate(examples):
         tokens[row, : len(example.tokens)] = torch.tensor(example.tokens)
-        weights[row, : len(example.weights)] = torch.tensor(example.weights)
+        weights[row, : len(example.weights)] = torch.as_tensor(example.weights)
     return tokens, weights
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Inline evaluations during a Lightning fit.")
-    parser.add_argument("--max-steps", type=int, default=20)
-    parser.add_argument("--log-dir", default="runs/inline_evals")
-    args = parser.parse_args()
+@dataclass
+class Args:
+    """The command line: optimizer steps, and where logs go (default under the checkpoint root)."""
+
+    steps: int = 20
+    log_dir: str | None = None
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(Args, argv, doc=__doc__)
+    log_dir = args.log_dir or str(checkpoint_root() / "inline_evals")
 
     model, tokenizer = load_model(EMBEDDED_MODEL)
     renderer = get_renderer(name="chatml", tokenizer=tokenizer)
@@ -108,8 +120,8 @@ def main() -> None:
     trainer = pl.Trainer(
         accelerator="auto",
         devices=1,
-        max_steps=args.max_steps,
-        logger=TensorBoardLogger(args.log_dir, name=""),
+        max_steps=args.steps,
+        logger=TensorBoardLogger(log_dir, name=""),
         callbacks=[callback, ModelCheckpoint(monitor="eval/test/loss", every_n_train_steps=10)],
         log_every_n_steps=1,
     )
@@ -125,4 +137,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

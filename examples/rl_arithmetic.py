@@ -14,9 +14,12 @@ import random
 import re
 import statistics
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from bios_callbacks.model_loading import EMBEDDED_MODEL
 from examples.demo import summarize
+from trainers.cli import run_cli
 from trainers.config import RLConfig
 
 
@@ -66,10 +69,9 @@ def sampled_accuracy_eval():
     return accuracy_eval(temperature=1.0, name="sampled")
 
 
-def main(argv: list[str]) -> int:
-    from trainers import rl
-
-    defaults = {
+def arithmetic_settings() -> dict:
+    """This example's RL settings; command-line words change them."""
+    return {
         "model_name": EMBEDDED_MODEL,
         "train_data": TRAIN,
         "reward_fn": reward,
@@ -81,9 +83,13 @@ def main(argv: list[str]) -> int:
         "evaluator_builders": [sampled_accuracy_eval, accuracy_eval],
         "eval_every": 5,
     }
-    cfg = RLConfig.from_dict({**defaults, **RLConfig.parse_cli(argv)})
-    result = rl.train(cfg)
 
+
+def run(cfg: RLConfig, callbacks: Sequence[Any] = ()) -> None:
+    """Trains as `cfg` says and prints the summary."""
+    from trainers import rl
+
+    result = rl.train(cfg, callbacks=callbacks)
     rewards = result.module.reward_history
     k = min(5, len(rewards))
     print("\n=== summary ===")
@@ -94,7 +100,10 @@ def main(argv: list[str]) -> int:
     print("\n".join(summarize(cfg.run_dir)))
     print(f"final checkpoint: {result.checkpoint}")
     print(f"view it: tensorboard --logdir {cfg.run_dir}")
-    return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_cli(RLConfig, run, argv, doc=__doc__, defaults=arithmetic_settings())
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import sys
 from bios_callbacks.evaluators import SamplingClientEvaluator
 from bios_callbacks.model_loading import EMBEDDED_MODEL
 from examples.rl_arithmetic import TEST, TRAIN, accuracy_eval, reward
+from trainers.cli import run_cli
 from trainers.config import RLConfig
 
 sampling_eval_1 = accuracy_eval
@@ -27,9 +28,7 @@ class SampledReward(SamplingClientEvaluator):
         from bios_callbacks.renderers import get_renderer
         from bios_callbacks.tokenizer_utils import get_tokenizer
 
-        self.renderer = get_renderer(
-            name="chatml", tokenizer=get_tokenizer(EMBEDDED_MODEL)
-        )
+        self.renderer = get_renderer(name="chatml", tokenizer=get_tokenizer(EMBEDDED_MODEL))
 
     async def __call__(self, sampling_client) -> dict[str, float]:
         from bios_callbacks.types import SamplingParams
@@ -59,15 +58,14 @@ class SampledReward(SamplingClientEvaluator):
 sampling_eval_2 = SampledReward
 
 
-def main(argv: list[str]) -> int:
-    from trainers import rl
-
+def guide_config() -> dict:
+    """The guide's config keys plus this example's data and sizes."""
     # Add to RL training config
     config = {
         "evaluator_builders": [sampling_eval_1, sampling_eval_2],
         "eval_every": 2,  # the guide uses 50; this run is 4 iterations long
     }
-    config |= {
+    return config | {
         "train_data": TRAIN,
         "reward_fn": reward,
         "steps": 4,
@@ -76,8 +74,12 @@ def main(argv: list[str]) -> int:
         "max_tokens": 12,
         "learning_rate": 5e-5,
     }
-    rl.train(RLConfig.from_dict({**config, **RLConfig.parse_cli(argv)}))
-    return 0
+
+
+def main(argv: list[str]) -> int:
+    from trainers import rl
+
+    return run_cli(RLConfig, rl.train, argv, doc=__doc__, defaults=guide_config())
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from examples.demo import (
     conversation,
     format_eval,
 )
+from trainers.cli import run_cli
 from trainers.config import SFTConfig
 
 
@@ -36,11 +37,15 @@ def eval_builder_1():
 eval_builder_2 = format_eval  # strict-format QA accuracy (a SamplingClientEvaluator)
 
 
-def main(argv: list[str]) -> int:
+def guide_config() -> dict:
+    """The guide's config keys plus this example's model, data and length."""
     from bios_callbacks.eval.inspect_evaluator import InspectEvaluatorBuilder
-    from trainers import sft
 
-    expensive_eval = InspectEvaluatorBuilder(tasks=[capitals_task()], renderer_name="chatml")
+    expensive_eval = InspectEvaluatorBuilder(
+        tasks=[capitals_task()],
+        renderer_name="chatml",
+        max_tokens=24,  # a city, not an essay
+    )
     # Add to supervised training config
     config = {
         # Regular evaluations
@@ -50,9 +55,13 @@ def main(argv: list[str]) -> int:
         "infrequent_evaluator_builders": [expensive_eval],
         "infrequent_eval_every": 4,  # the guide uses 500
     }
-    config |= {**capitals_data(), "steps": 4, "test_every": 2}
-    sft.train(SFTConfig.from_dict({**config, **SFTConfig.parse_cli(argv)}))
-    return 0
+    return config | {**capitals_data(), "steps": 4, "test_every": 2}
+
+
+def main(argv: list[str]) -> int:
+    from trainers import sft
+
+    return run_cli(SFTConfig, sft.train, argv, doc=__doc__, defaults=guide_config())
 
 
 if __name__ == "__main__":

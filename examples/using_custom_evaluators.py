@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import dataclass
 
 import bios_callbacks as bios
 from examples.custom_evaluator import CustomEvaluator
+from trainers.cli import parse_args
 
 MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -29,8 +31,15 @@ def grader_fn(response: str, target: str) -> bool:
     return target.lower() in response.lower()
 
 
+@dataclass
+class Args:
+    """The command line: the checkpoint to evaluate (default: the base model)."""
+
+    model_path: str | None = None
+
+
 def main(argv: list[str]) -> int:
-    model_path = next((a.split("=", 1)[1] for a in argv if a.startswith("model_path=")), None)
+    model_path = parse_args(Args, argv, doc=__doc__).model_path
     evaluator = CustomEvaluator(
         dataset=QA_DATASET,
         grader_fn=grader_fn,

@@ -1,4 +1,6 @@
-"""The `key=value` command line shared by `python -m trainers.sft` and `python -m trainers.rl`.
+"""The `key=value` command line of `python -m trainers.sft`, `python -m trainers.rl` and the
+examples: words parsed by `trainers.config.parse_words`, `--help` lists the keys, bad input is
+one `error: ...` line and exit status 2.
 
 Example:
     python -m trainers.sft train_data=train.jsonl steps=20 lora_rank=8
@@ -9,22 +11,29 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import lightning as L
 
-from trainers.config import TrainConfig
+from trainers.config import TrainConfig, parse_words
 
 # What bad input (settings, data files, model names) raises before training starts.
 INPUT_ERRORS = (ValueError, TypeError, OSError, ImportError)
+HELP_WORDS = ("-h", "--help", "help")
+T = TypeVar("T")
 
 
-def usage(config_cls: type[TrainConfig], doc: str | None) -> str:
-    """Help text: the trainer's docstring and every key with its default."""
+def usage(fields: type, doc: str | None, defaults: Mapping[str, Any] | None = None) -> str:
+    """Help text: the docstring and every key of the dataclass `fields` with its default
+    (`defaults` replace the dataclass's own; values that are not short words are not shown)."""
     lines = [(doc or "").strip(), "", "Keys (key=value):"]
-    for f in dataclasses.fields(config_cls):
+    for f in dataclasses.fields(fields):
         default = f.default if f.default is not dataclasses.MISSING else "[]"
+        if defaults and f.name in defaults:
+            value = defaults[f.name]
+            plain = value is None or isinstance(value, (str, int, float))
+            default = value if plain else "(set by this command)"
         lines.append(f"  {f.name}={default}")
     return "\n".join(lines)
 
@@ -35,26 +44,48 @@ def run_cli(
     argv: Sequence[str],
     *,
     doc: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> int:
     """Parses `argv` into a config and trains; returns the process exit status.
 
-    Bad input (a setting, a data file, a model or renderer name) found before training starts
-    is one `error: ...` line on stderr and status 2. Errors during training propagate with
-    their traceback (status 1); SIGTERM ends with status 143 (see `trainers.policy.fit`).
+    `defaults` (an example's settings) are the values the words change; without them an empty
+    command line prints the usage. Bad input (a setting, a data file, a model or renderer name)
+    found before training starts is one `error: ...` line on stderr and status 2. Errors during
+    training propagate with their traceback (status 1); SIGTERM ends with status 143 (see
+    `trainers.policy.fit`).
     """
-    if not argv or any(a in ("-h", "--help", "help") for a in argv):
-        print(usage(config_cls, doc))
+    if any(a in HELP_WORDS for a in argv) or (not argv and defaults is None):
+        print(usage(config_cls, doc, defaults))
         return 0 if argv else 2
     started = TrainingStarted()
     try:
-        train(config_cls.from_cli(argv), callbacks=[started])
+        cfg = config_cls.from_dict({**(defaults or {}), **config_cls.parse_cli(argv)})
+        train(cfg, callbacks=[started])
     except INPUT_ERRORS as exc:
         if started.started:
             raise
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     return 0
+
+
+def parse_args(fields: type[T], argv: Sequence[str], *, doc: str | None = None) -> T:
+    """`key=value` words as an instance of the dataclass `fields`, for a script that is not a
+    trainer (e.g. `examples/inline_evals.py`). `--help` prints the keys and exits with status 0;
+    a bad word is one `error: ...` line on stderr and exit status 2."""
+    if any(a in HELP_WORDS for a in argv):
+        print(usage(fields, doc))
+        raise SystemExit(0)
+    try:
+        return fields(**parse_words(fields, argv))
+    except ValueError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def one_line(exc: BaseException) -> str:
+    """An error message on one line."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 class TrainingStarted(L.Callback):

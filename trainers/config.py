@@ -53,7 +53,8 @@ class TrainConfig:
         resume_from: a checkpoint written by this trainer (dir or `bios://`) to continue from.
             Without `run_name` or `log_dir` the run continues in that checkpoint's run directory
             (new TensorBoard event files beside the old ones, the same results file and
-            checkpoints); with either, the resumed run is a new run (a branch) in that directory.
+            checkpoints), which must be the run's latest checkpoint; with either, the resumed
+            run is a new run (a branch) in that, unused, directory.
         keep_trainer_states: how many of the newest checkpoints keep `trainer_state.ckpt`
             (optimizer state, needed to resume; twice the weights' size with AdamW); older
             checkpoints keep their weights. 0 keeps it everywhere.

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
+
+from lightning.pytorch.utilities import rank_zero_info
+
+from trainers.quiet import quiet_training
 
 # Lines Lightning and transformers print that a trainer user does not need.
 NOISE = (
@@ -96,3 +101,23 @@ def test_a_run_and_its_resume_print_no_library_noise_and_no_warnings(
         assert [line for line in NOISE if line in output] == [], output
         assert not WARNING_LINE.search(output), output
         assert "warn" not in output.lower(), output
+
+
+def test_only_the_listed_lightning_lines_are_dropped_and_only_while_training():
+    """The GPU lines, which this CPU machine cannot produce in a real run."""
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    lightning_logger = logging.getLogger("lightning.pytorch")  # Lightning's own handler is here
+    lightning_logger.addHandler(handler)
+    try:
+        with quiet_training():
+            logging.getLogger("lightning.pytorch.accelerators.cuda").info(
+                "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]"
+            )
+            rank_zero_info("GPU available: True (cuda), used: True")
+            rank_zero_info("Epoch 3: a line nobody listed")
+        rank_zero_info("GPU available: True (cuda), used: True")
+    finally:
+        lightning_logger.removeHandler(handler)
+    assert records == ["Epoch 3: a line nobody listed", "GPU available: True (cuda), used: True"]

@@ -139,18 +139,22 @@ def capitals_task():
     )
 
 
+KEY_WIDTH = 50  # the summary's metric-name column
+
+
 def summarize(run_dir) -> list[str]:
-    """Each eval metric at the first and the last evaluated step, as printable lines."""
+    """Each eval score at the first and the last evaluated step, as printable lines
+    (standard errors and the scored/unscored counts are left out)."""
     records = read_records(run_dir / RESULTS_FILE_NAME)
     first: dict[str, tuple[int, float]] = {}
     last: dict[str, tuple[int, float]] = {}
     for record in records:
         for key, value in record.metrics.items():
-            if not key.endswith("/stderr"):  # Inspect's standard errors
+            if not key.endswith(("/stderr", "/scored", "/unscored")):  # errors and counts
                 first.setdefault(key, (record.step, value))
                 last[key] = (record.step, value)
     return [
-        f"  {key:<40} step {first[key][0]:>3}: {first[key][1]:.3f}   "
+        f"  {key:<{KEY_WIDTH}} step {first[key][0]:>3}: {first[key][1]:.3f}   "
         f"step {last[key][0]:>3}: {last[key][1]:.3f}"
         for key in sorted(first)
     ]
@@ -194,7 +198,7 @@ def run(cfg: SFTConfig, callbacks: Sequence[Any] = ()) -> None:
     losses = result.module.test_losses
     first, last = min(losses), max(losses)
     print(
-        f"  {'test/loss':<40} step {first:>3}: {losses[first]:.3f}   "
+        f"  {'test/loss':<{KEY_WIDTH}} step {first:>3}: {losses[first]:.3f}   "
         f"step {last:>3}: {losses[last]:.3f}"
     )
     print(f"final checkpoint: {result.checkpoint}")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bios_callbacks.model_loading import EMBEDDED_MODEL
-from examples.demo import summarize
+from examples.demo import KEY_WIDTH, summarize
 from trainers.cli import run_cli
 from trainers.config import RLConfig
 
@@ -94,7 +94,7 @@ def run(cfg: RLConfig, callbacks: Sequence[Any] = ()) -> None:
     k = min(5, len(rewards))
     print("\n=== summary ===")
     print(
-        f"  {'train/reward_mean':<40} iter   0: {rewards[0]:.3f}   "
+        f"  {'train/reward_mean':<{KEY_WIDTH}} iter   0: {rewards[0]:.3f}   "
         f"mean of the last {k}: {statistics.fmean(rewards[-k:]):.3f}"
     )
     print("\n".join(summarize(cfg.run_dir)))

@@ -64,3 +64,22 @@ def test_inline_evals_example_writes_under_the_checkpoint_root(tmp_path, monkeyp
     assert (run / "eval_results.jsonl").exists()
     assert any(run.glob("events.out.tfevents.*"))
     assert f"all rounds: {run}/eval_results.jsonl" in capsys.readouterr().out
+
+
+def test_demo_summary_shows_scores_not_standard_errors_or_counts(tmp_path):
+    from bios_callbacks.callback.results import ResultsFile, RoundRecord
+
+    results = ResultsFile(tmp_path)
+    for step, accuracy in ((0, 0.0), (16, 0.75)):
+        metrics = {
+            "eval/InspectEvaluator/capitals/includes/accuracy": accuracy + 0.5,
+            "eval/InspectEvaluator/capitals/includes/stderr": 0.1,
+            "eval/strict_format/accuracy": accuracy,
+            "eval/strict_format/scored": 16.0,
+        }
+        results.append(RoundRecord(step=step, metrics=metrics, lists=["regular"]))
+    lines = [" ".join(line.split()) for line in demo.summarize(tmp_path)]
+    assert lines == [
+        "eval/InspectEvaluator/capitals/includes/accuracy step 0: 0.500 step 16: 1.250",
+        "eval/strict_format/accuracy step 0: 0.000 step 16: 0.750",
+    ]

@@ -4,7 +4,8 @@
     schedule.py        each evaluator list and its pure `due(step, previous)` rule
     round.py           one round: build evaluators, run them concurrently, collect results
     live_clients.py    sampling and training clients over the live module
-    publish.py         loggers, callback_metrics, the Text tab, failure warnings
+    publish.py         loggers, callback_metrics, transcripts, failure warnings
+    transcripts/       transcripts in each logger's form (TensorBoard, W&B, MLflow, CSV)
     results.py         RoundRecord and eval_results.jsonl
     console.py         what a round prints
     held_out.py        the held-out guard

@@ -1,5 +1,6 @@
-"""Where a finished round goes: every logger, `trainer.callback_metrics`, TensorBoard's Text
-tab, `eval_results.jsonl`, and warnings for its failures.
+"""Where a finished round goes: every logger, `trainer.callback_metrics`, transcripts in each
+logger's own form (`bios_callbacks.callback.transcripts`), `eval_results.jsonl`, and warnings
+for its failures.
 
 Example:
     >>> publish(trainer, record, transcripts={}, results=ResultsFile(log_dir))  # doctest: +SKIP
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from bios_callbacks.callback.results import ResultsFile, RoundRecord
+from bios_callbacks.callback.transcripts import Transcripts, write_transcripts
 
 log = logging.getLogger("bios_callbacks.callback")
 
@@ -22,11 +24,12 @@ def publish(
     trainer: Any,
     record: RoundRecord,
     *,
-    transcripts: dict[str, Sequence[tuple[str, str]]],
+    transcripts: Transcripts,
     results: ResultsFile | None,
 ) -> None:
     """Logs `record` at its step on every logger and in `callback_metrics` (all ranks, so
-    monitors agree); on rank 0 also appends it to the results file and writes transcripts."""
+    monitors agree); on rank 0 also appends it to the results file and writes transcripts to
+    every logger (one that fails to take them gets a warning; training goes on)."""
     metrics = {
         **record.metrics,
         "eval/failures": float(len(record.failures)),
@@ -41,14 +44,15 @@ def publish(
     if results is not None:
         results.append(record)
     for logger in trainer.loggers:
-        add_text = getattr(logger.experiment, "add_text", None)
-        if not callable(add_text):
-            continue
-        for name, pairs in transcripts.items():
-            text = "\n\n---\n\n".join(
-                f"**prompt:** {prompt}\n\n**response:** {response}" for prompt, response in pairs
+        try:
+            write_transcripts(logger, record.step, transcripts)
+        except Exception:
+            log.warning(
+                "could not write transcripts to %s at step %d",
+                type(logger).__name__,
+                record.step,
+                exc_info=True,
             )
-            add_text(f"eval/{name}/samples", text, global_step=record.step)
 
 
 def report_failures(trainer: Any, record: RoundRecord, tracebacks: Sequence[str]) -> None:

@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bios_callbacks.callback.live_clients import LiveClients
-from bios_callbacks.evaluators.base import EvaluatorBuilder, client_kind
+from bios_callbacks.evaluators.base import (
+    EvaluatorBuilder,
+    Transcript,
+    as_transcript,
+    client_kind,
+)
 
 NAMESPACE = "eval"
 
@@ -85,7 +90,7 @@ class RoundOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
     errors: list[BaseException | None] = field(default_factory=list)  # one per failure
-    transcripts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    transcripts: dict[str, list[Transcript]] = field(default_factory=dict)
 
     def fail(self, evaluator: str, kind: str, message: str, error: BaseException | None) -> None:
         self.failures.append({"evaluator": evaluator, "kind": kind, "message": message})
@@ -130,7 +135,7 @@ def _record_values(outcome: RoundOutcome, slot: EvaluatorSlot, result: Any) -> N
         else:
             outcome.metrics[full_key] = number
     try:
-        transcripts = list(slot.hook("transcripts"))
+        transcripts = [as_transcript(item) for item in slot.hook("transcripts")]
     except Exception as error:  # an optional hook failing is a failure like any other
         outcome.fail(slot.name, "hook", f"transcripts() raised {error!r}", error)
         return

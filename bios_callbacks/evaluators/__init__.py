@@ -10,6 +10,7 @@ from bios_callbacks.evaluators.base import (
     EvaluatorBuilder,
     SamplingClientEvaluator,
     TrainingClientEvaluator,
+    Transcript,
 )
 from bios_callbacks.evaluators.nll import NLLEvaluator
 from bios_callbacks.evaluators.qa import QAEvaluator
@@ -21,4 +22,5 @@ __all__ = [
     "QAEvaluator",
     "SamplingClientEvaluator",
     "TrainingClientEvaluator",
+    "Transcript",
 ]

@@ -20,12 +20,60 @@ Example:
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from bios_callbacks.training_client import TrainingClient
+
+
+class Transcript(NamedTuple):
+    """One evaluated item as the loggers show it: the prompt, the model's response, the item's
+    score (1.0 / 0.0 for a pass / fail grade; None when it has none) and an optional
+    explanation (a judge's reasoning, why the item was left unscored).
+
+    Example:
+        >>> Transcript("2+2?", "4", score=1.0)
+        Transcript(prompt='2+2?', response='4', score=1.0, explanation=None)
+    """
+
+    prompt: str
+    response: str
+    score: float | None = None
+    explanation: str | None = None
+
+
+def as_transcript(item: Any) -> Transcript:
+    """The `Transcript` for an item a ``transcripts()`` hook returned: a `Transcript` or a
+    ``(prompt, response[, score[, explanation]])`` tuple. A non-finite score becomes None.
+
+    Raises TypeError naming the item and the expected form otherwise.
+
+    Example:
+        >>> as_transcript(("2+2?", "4"))
+        Transcript(prompt='2+2?', response='4', score=None, explanation=None)
+        >>> as_transcript(("2+2?", "5", False)).score
+        0.0
+    """
+    if isinstance(item, (tuple, list)) and 2 <= len(item) <= 4:
+        prompt, response, score, explanation = (*item, None, None)[:4]
+        if score is None or isinstance(score, numbers.Real):
+            if score is not None and not math.isfinite(score):
+                score = None
+            return Transcript(
+                str(prompt),
+                str(response),
+                None if score is None else float(score),
+                None if explanation is None else str(explanation),
+            )
+    raise TypeError(
+        f"transcript item {item!r} is not a (prompt, response) pair: return "
+        "Transcript(prompt, response, score=None, explanation=None) items or "
+        "(prompt, response) tuples from transcripts(), with score a number or None."
+    )
 
 
 class _EvaluatorHooks:
@@ -38,9 +86,10 @@ class _EvaluatorHooks:
         """
         return ()
 
-    def transcripts(self) -> Sequence[tuple[str, str]]:
-        """(prompt, response) pairs from the latest call, all logged as TensorBoard text:
-        return a few (e.g. `QAEvaluator(num_transcripts=3)`)."""
+    def transcripts(self) -> Sequence[Transcript | tuple[str, str]]:
+        """`Transcript`s (or plain (prompt, response) pairs) from the latest call, all written
+        to every logger (TensorBoard text, a W&B table, an MLflow table, a CSV run's
+        transcripts.jsonl): return a few (e.g. `QAEvaluator(num_transcripts=3)`)."""
         return ()
 
     def set_run_context(self, *, log_dir: str | None = None, step: int | None = None) -> None:

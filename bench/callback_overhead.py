@@ -23,7 +23,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from bios_callbacks.callback import EvalCallback
 from bios_callbacks.evaluators import NLLEvaluator
-from bios_callbacks.model_loading import EMBEDDED_MODEL
+from bios_callbacks.models import EMBEDDED_MODEL
 from bios_callbacks.tokenizer_utils import get_tokenizer
 
 

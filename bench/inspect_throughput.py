@@ -27,7 +27,7 @@ from inspect_ai.solver import generate
 
 from bios_callbacks.eval.inspect_runner import preserved_terminal
 from bios_callbacks.eval.inspect_utils import DEFAULT_MAX_TOKENS, InspectAPIFromBiosSampling
-from bios_callbacks.model_loading import EMBEDDED_MODEL, ensure_embedded_cache
+from bios_callbacks.models import EMBEDDED_MODEL, ensure_embedded_cache
 from bios_callbacks.sampling.service import ServiceClient
 
 TOPICS = ["rivers", "bread", "owls", "trains", "glass", "tea", "maps", "bees"]

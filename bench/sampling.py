@@ -24,9 +24,9 @@ import time
 import torch
 
 from bios_callbacks import types
-from bios_callbacks.model_loading import EMBEDDED_MODEL, load_model
+from bios_callbacks.models import EMBEDDED_MODEL, load_model
+from bios_callbacks.models.tokens import pad_token_id
 from bios_callbacks.sampling.client import SamplingClient
-from bios_callbacks.tokenizer_utils import pad_token_id
 
 TOPICS = [
     "the ocean", "a lighthouse keeper", "volcanoes", "the history of bread", "a lost robot",

@@ -56,17 +56,6 @@ def get_tokenizer(model_name: str) -> Any:
 
 @functools.cache
 def _load(model_name: str) -> Any:
-    from bios_callbacks.model_loading import load_tokenizer
+    from bios_callbacks.models.loading import load_tokenizer
 
     return load_tokenizer(model_name)
-
-
-def pad_token_id(tokenizer: Any) -> int:
-    """The id to pad batches with: the tokenizer's pad token, else its EOS, else 0.
-
-    Padded positions are masked out, so any id works; this picks the conventional one.
-    """
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0

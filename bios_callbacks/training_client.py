@@ -122,7 +122,7 @@ class TrainingClient:
                 )
         import torch
 
-        from bios_callbacks.train_flags import evaluation_mode
+        from bios_callbacks.models.train_flags import evaluation_mode
 
         def stopped() -> bool:
             return stop is not None and stop.is_set()

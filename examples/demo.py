@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bios_callbacks.callback.results import RESULTS_FILE_NAME, read_records
-from bios_callbacks.model_loading import EMBEDDED_MODEL
+from bios_callbacks.models import EMBEDDED_MODEL
 from trainers.cli import run_cli
 from trainers.config import SFTConfig, default_run_name
 

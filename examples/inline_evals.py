@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader
 from bios_callbacks import EvalCallback
 from bios_callbacks.checkpoints import checkpoint_root
 from bios_callbacks.evaluators import NLLEvaluator, QAEvaluator
-from bios_callbacks.model_loading import EMBEDDED_MODEL, load_model
+from bios_callbacks.models import EMBEDDED_MODEL, load_model
+from bios_callbacks.models.tokens import pad_token_id
 from bios_callbacks.renderers import get_renderer
-from bios_callbacks.tokenizer_utils import pad_token_id
 from trainers.cli import parse_args
 
 

@@ -17,7 +17,7 @@ from inspect_ai.solver import generate
 
 import bios_callbacks as bios
 from bios_callbacks.eval.inspect_utils import InspectAPIFromBiosSampling
-from bios_callbacks.model_loading import EMBEDDED_MODEL
+from bios_callbacks.models import EMBEDDED_MODEL
 
 QA_DATASET = MemoryDataset(
     name="qa_dataset",

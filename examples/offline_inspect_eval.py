@@ -53,7 +53,7 @@ def capitals() -> Task:
 
 if __name__ == "__main__":
     from bios_callbacks.eval.run_inspect_evals import main
-    from bios_callbacks.model_loading import EMBEDDED_MODEL
+    from bios_callbacks.models import EMBEDDED_MODEL
 
     raise SystemExit(
         main(

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bios_callbacks.model_loading import EMBEDDED_MODEL
+from bios_callbacks.models import EMBEDDED_MODEL
 from examples.demo import KEY_WIDTH, summarize
 from trainers.cli import run_cli
 from trainers.config import RLConfig

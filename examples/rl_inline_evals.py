@@ -13,7 +13,7 @@ import statistics
 import sys
 
 from bios_callbacks.evaluators import SamplingClientEvaluator
-from bios_callbacks.model_loading import EMBEDDED_MODEL
+from bios_callbacks.models import EMBEDDED_MODEL
 from examples.rl_arithmetic import TEST, TRAIN, accuracy_eval, reward
 from trainers.cli import run_cli
 from trainers.config import RLConfig

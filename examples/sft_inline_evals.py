@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from bios_callbacks.model_loading import EMBEDDED_MODEL
+from bios_callbacks.models import EMBEDDED_MODEL
 from examples.demo import (
     TEST_CAPITALS,
     capitals_data,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tiny import make_tiny_model
 
-from bios_callbacks.model_loading import EMBEDDED_MODEL
+from bios_callbacks.models import EMBEDDED_MODEL
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +25,6 @@ def tiny_model(tokenizer):
 @pytest.fixture(scope="session")
 def embedded():
     """`(model, tokenizer)` of the real SmolLM2-135M-Instruct, loaded once per session."""
-    from bios_callbacks.model_loading import load_model
+    from bios_callbacks.models import load_model
 
     return load_model(EMBEDDED_MODEL)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bios_callbacks.atomic_dirs import STAGING_MARK, atomic_directory, is_staging_dir
+from bios_callbacks.models.atomic_dirs import STAGING_MARK, atomic_directory, is_staging_dir
 
 
 def finished_pid() -> int:

@@ -19,7 +19,7 @@ from bios_callbacks.checkpoints import (
     resolve_model_path,
     save_checkpoint,
 )
-from bios_callbacks.model_loading import EMBEDDED_MODEL, load_model
+from bios_callbacks.models import EMBEDDED_MODEL, load_model
 from bios_callbacks.tokenizer_utils import get_tokenizer
 
 
@@ -267,7 +267,7 @@ import os, signal, sys
 sys.path.insert(0, "tests")
 from tiny import make_tiny_model
 from bios_callbacks.checkpoints import save_checkpoint
-from bios_callbacks.model_loading import EMBEDDED_MODEL
+from bios_callbacks.models import EMBEDDED_MODEL
 from bios_callbacks.tokenizer_utils import get_tokenizer
 
 tokenizer = get_tokenizer(EMBEDDED_MODEL)

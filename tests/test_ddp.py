@@ -53,7 +53,7 @@ def _run(out_dir: str) -> None:
 
     from bios_callbacks.callback import EvalCallback
     from bios_callbacks.evaluators import NLLEvaluator, QAEvaluator
-    from bios_callbacks.model_loading import EMBEDDED_MODEL
+    from bios_callbacks.models import EMBEDDED_MODEL
     from bios_callbacks.tokenizer_utils import get_tokenizer
 
     tokenizer = get_tokenizer(EMBEDDED_MODEL)

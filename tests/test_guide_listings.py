@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bios_callbacks.model_loading import EMBEDDED_MODEL
+from bios_callbacks.models import EMBEDDED_MODEL
 from examples import using_custom_evaluators
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from bios_callbacks.eval.inspect_tasks import (
     resolve_task,
 )
 from bios_callbacks.eval.run_inspect_evals import UsageError, main, parse_args
-from bios_callbacks.model_loading import EMBEDDED_MODEL
+from bios_callbacks.models import EMBEDDED_MODEL
 
 FIXTURE = str(Path(__file__).with_name("inspect_tasks_fixture.py"))
 REPO = Path(__file__).resolve().parent.parent

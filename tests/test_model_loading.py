@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from bios_callbacks.model_loading import (
+from bios_callbacks.models import (
     CACHE_ENV,
     EMBEDDED_MODEL,
     embedded_cache_dir,

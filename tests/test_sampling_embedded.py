@@ -44,7 +44,7 @@ def test_capitals_answered_through_the_chat_renderer(embedded):
 
 def test_service_client_in_bfloat16_still_answers():
     import bios_callbacks as bios
-    from bios_callbacks.model_loading import EMBEDDED_MODEL
+    from bios_callbacks.models import EMBEDDED_MODEL
 
     client = bios.ServiceClient(dtype="bfloat16").create_sampling_client(base_model=EMBEDDED_MODEL)
     with client:

@@ -6,7 +6,7 @@ import threading
 
 import torch
 
-from bios_callbacks.train_flags import evaluation_mode
+from bios_callbacks.models.train_flags import evaluation_mode
 
 
 def _net() -> torch.nn.Module:

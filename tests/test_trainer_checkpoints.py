@@ -13,7 +13,7 @@ import torch
 
 from bios_callbacks.checkpoints import read_checkpoint_metadata, resolve_model_path, save_checkpoint
 from bios_callbacks.evaluators import NLLEvaluator
-from bios_callbacks.model_loading import load_model
+from bios_callbacks.models import load_model
 from bios_callbacks.renderers import get_renderer
 from trainers.checkpointing import TRAINER_STATE
 from trainers.config import SFTConfig

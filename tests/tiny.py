@@ -1,7 +1,7 @@
 """A tiny random Llama that shares the SmolLM2 tokenizer, for fast mechanical tests and benches.
 
 Example:
-    >>> from bios_callbacks.model_loading import EMBEDDED_MODEL
+    >>> from bios_callbacks.models import EMBEDDED_MODEL
     >>> from bios_callbacks.tokenizer_utils import get_tokenizer
     >>> model = make_tiny_model(get_tokenizer(EMBEDDED_MODEL))  # doctest: +SKIP
 """

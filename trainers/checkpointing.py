@@ -27,7 +27,7 @@ import lightning as L
 
 from bios_callbacks.callback.results import RESULTS_FILE_NAME
 from bios_callbacks.checkpoints import checkpoint_root
-from bios_callbacks.model_loading import BIOS_URI_PREFIX, CHECKPOINT_METADATA_FILE
+from bios_callbacks.models import BIOS_URI_PREFIX, CHECKPOINT_METADATA_FILE
 from trainers.config import TrainConfig, resumed_run_dir
 from trainers.quiet import no_progress_bars
 

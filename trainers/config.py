@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bios_callbacks.checkpoints import checkpoint_dir, checkpoint_root
-from bios_callbacks.model_loading import EMBEDDED_MODEL
+from bios_callbacks.models import EMBEDDED_MODEL
 
 C = TypeVar("C", bound="TrainConfig")
 

@@ -44,7 +44,7 @@ def load_policy(
     weights or LoRA adapter to train further; the base model and renderer come from its metadata.
     """
     from bios_callbacks.checkpoints import load_checkpoint, read_checkpoint_metadata
-    from bios_callbacks.model_loading import is_checkpoint_ref, load_model
+    from bios_callbacks.models import is_checkpoint_ref, load_model
     from bios_callbacks.renderers import default_renderer_name
 
     if cfg.resume_from:

@@ -32,7 +32,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from bios_callbacks.tokenizer_utils import pad_token_id
+from bios_callbacks.models.tokens import pad_token_id
 from trainers import data
 from trainers.cli import run_cli
 from trainers.config import RLConfig

@@ -28,9 +28,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from bios_callbacks.models.tokens import pad_token_id
+from bios_callbacks.models.train_flags import evaluation_mode
 from bios_callbacks.renderers import TrainOnWhat
-from bios_callbacks.tokenizer_utils import pad_token_id
-from bios_callbacks.train_flags import evaluation_mode
 from trainers import data
 from trainers.cli import run_cli
 from trainers.config import SFTConfig

@@ -50,7 +50,7 @@ from bios_callbacks.evaluators.base import (
     TrainingClientEvaluator,
     client_kind,
 )
-from bios_callbacks.train_flags import evaluation_mode
+from bios_callbacks.models.train_flags import evaluation_mode
 
 CHECKPOINT_KEY = "eval_results"
 

@@ -140,7 +140,7 @@ def _task_from_registry(name: str) -> Task:
 @functools.cache
 def hub_reachable() -> bool:
     """Whether the Hugging Face hub answers (False at once when HF_HUB_OFFLINE is set)."""
-    from bios_callbacks.model_loading import hub_offline
+    from bios_callbacks.models import hub_offline
 
     if hub_offline(_OFFLINE_VARS):
         return False

@@ -235,7 +235,7 @@ def _client_for(model_name: str, max_batch_size: int, dtype: str) -> tuple[Any, 
 
     Returns the client and the renderer recorded in the checkpoint (None for base models).
     """
-    from bios_callbacks.model_loading import is_checkpoint_ref
+    from bios_callbacks.models import is_checkpoint_ref
     from bios_callbacks.sampling.service import ServiceClient
 
     service = ServiceClient(max_batch_size=max_batch_size, dtype=dtype)

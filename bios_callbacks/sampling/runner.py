@@ -12,13 +12,13 @@ from collections.abc import Iterator
 
 import torch
 
+from bios_callbacks.models.tokens import pad_token_id
+from bios_callbacks.models.train_flags import evaluation_mode
 from bios_callbacks.sampling.kv_cache import BatchCache
 from bios_callbacks.sampling.prefix_cache import PrefixCache, SharedPrefix
 from bios_callbacks.sampling.request import Part
 from bios_callbacks.sampling.sequence import Sequence
 from bios_callbacks.sampling.token_sampling import next_tokens
-from bios_callbacks.tokenizer_utils import pad_token_id
-from bios_callbacks.train_flags import evaluation_mode
 
 
 class Batch:

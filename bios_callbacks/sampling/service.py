@@ -58,7 +58,8 @@ class ServiceClient:
             )
         import torch
 
-        from bios_callbacks.model_loading import load_model
+        from bios_callbacks.models import load_model
+        from bios_callbacks.sampling.client import SamplingClient
 
         source = model_path if model_path is not None else base_model
         model, tokenizer = load_model(str(source), dtype=getattr(torch, self._dtype))

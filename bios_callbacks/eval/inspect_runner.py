@@ -5,10 +5,17 @@ display), leaves the terminal as it found it (Inspect reconfigures Rich's global
 root logger; both are restored, so Lightning's TQDM and Rich progress bars keep working), and
 keeps going when some samples fail: their errors are reported, the rest are scored.
 
+Every scorer's metrics come with how many samples it scored: a scorer may leave a sample
+unscored (a judge that gives no verdict, a scorer returning `Score.unscored()`), and a failed
+sample is never scored, yet Inspect computes `accuracy` over the scored samples only. So each
+scorer also reports `scored` and `unscored` (with failed samples counted as unscored), and a
+warning names the unscored samples and why.
+
 Example:
     >>> results = await run_tasks([task], model, log_dir="runs/x/inspect_logs")  # doctest: +SKIP
     >>> results[0].metrics
-    {'capitals/match/accuracy': 1.0, 'capitals/match/stderr': 0.0}
+    {'capitals/match/accuracy': 1.0, 'capitals/match/stderr': 0.0, 'capitals/match/scored': 8.0,
+     'capitals/match/unscored': 0.0}
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,9 +47,11 @@ _EVAL_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] 
 class TaskResult:
     """What one Inspect task run gave.
 
-    `metrics` are keyed `<task>/<scorer>/<metric>`; `errors` maps failed sample ids to their
-    error messages (those samples are left out of the metrics); `log_location` is the Inspect
-    log file (open it with `inspect view`).
+    `metrics` are keyed `<task>/<scorer>/<metric>`, including `<task>/<scorer>/scored` and
+    `<task>/<scorer>/unscored`: the metrics count the scored samples only. `errors` maps failed
+    sample ids to their error messages (never scored); `unscored` maps each scorer to the ids of
+    the samples it left without a value and why; `log_location` is the Inspect log file (open it
+    with `inspect view`).
     """
 
     task: str
@@ -49,6 +59,7 @@ class TaskResult:
     metrics: dict[str, float]
     samples: int
     errors: dict[str, str] = field(default_factory=dict)
+    unscored: dict[str, dict[str, str]] = field(default_factory=dict)
     log_location: str = ""
     error: str | None = None
     transcripts: list[tuple[str, str]] = field(default_factory=list)
@@ -86,12 +97,8 @@ async def run_tasks(
 
 
 def result_from_log(log: EvalLog) -> TaskResult:
-    """The metrics, sample errors and a few transcripts of one Inspect log."""
+    """The metrics, scored counts, sample errors and a few transcripts of one Inspect log."""
     task = task_short_name(log.eval.task)
-    metrics: dict[str, float] = {}
-    for score in log.results.scores if log.results else []:
-        for metric in score.metrics.values():
-            metrics[f"{task}/{score.name}/{metric.name}"] = float(metric.value)
     samples = log.samples or []
     errors = {str(s.id): s.error.message for s in samples if s.error is not None}
     if errors:
@@ -102,6 +109,17 @@ def result_from_log(log: EvalLog) -> TaskResult:
             len(samples),
             "; ".join(f"{sample_id}: {message}" for sample_id, message in errors.items()),
         )
+    unscored = _unscored_samples(samples)
+    total = len({s.id for s in samples})
+    metrics: dict[str, float] = {}
+    for score in log.results.scores if log.results else []:
+        for metric in score.metrics.values():
+            metrics[f"{task}/{score.name}/{metric.name}"] = float(metric.value)
+        scored = score.scored_samples or 0
+        metrics[f"{task}/{score.name}/scored"] = float(scored)
+        metrics[f"{task}/{score.name}/unscored"] = float(total - scored)
+        if scored < total:
+            _warn_unscored(task, score.name, scored, total, unscored.get(score.scorer, {}), errors)
     transcripts = [
         (s.input if isinstance(s.input, str) else s.input[-1].text, s.output.completion)
         for s in samples[:3]
@@ -113,10 +131,52 @@ def result_from_log(log: EvalLog) -> TaskResult:
         metrics=metrics,
         samples=len(samples),
         errors=errors,
+        unscored=unscored,
         log_location=log.location,
         error=log.error.message if log.error else None,
         transcripts=transcripts,
     )
+
+
+def _unscored_samples(samples: Sequence[Any]) -> dict[str, dict[str, str]]:
+    """Per scorer, the samples it gave no value (Inspect's NaN sentinel) and the reason."""
+    unscored: dict[str, dict[str, str]] = {}
+    for sample in samples:
+        if sample.error is not None:
+            continue
+        for name, score in (sample.scores or {}).items():
+            if isinstance(score.value, float) and math.isnan(score.value):
+                reason = ": ".join(str(part) for part in (score.reason, score.explanation) if part)
+                unscored.setdefault(name, {})[str(sample.id)] = reason or "no value"
+    return unscored
+
+
+def _warn_unscored(
+    task: str,
+    scorer: str,
+    scored: int,
+    total: int,
+    reasons: dict[str, str],
+    errors: dict[str, str],
+) -> None:
+    details = [f"{sample_id}: {_shorten(reason)}" for sample_id, reason in reasons.items()]
+    details += [f"{sample_id}: failed" for sample_id in errors]
+    logger.warning(
+        "Inspect task %s: %s scored %d of %d samples; its metrics count only the %d scored. "
+        "Unscored: %s",
+        task,
+        scorer,
+        scored,
+        total,
+        scored,
+        "; ".join(details) or "(not listed in the log)",
+    )
+
+
+def _shorten(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 
 @contextlib.contextmanager

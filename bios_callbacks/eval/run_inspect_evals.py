@@ -10,18 +10,25 @@ Keys (key=value): model_path (checkpoint directory or bios://run/name; omit it t
 model_name), model_name, tasks (comma-separated: registry names, file.py@task, module:task),
 renderer_name (default: the checkpoint's, else the model's default), limit, temperature
 (default 0: greedy), max_tokens, max_connections (samples decoded together, default 32),
-log_dir (Inspect logs; default <checkpoint>/evals/logs or ./inspect_logs), dtype (weights:
-float32, the default, or bfloat16, about 1.8x faster on CPUs with AVX512-BF16 and on GPUs).
+log_dir (Inspect logs), dtype (weights: float32, the default, or bfloat16, about 1.8x faster on
+CPUs with AVX512-BF16 and on GPUs).
 
-Prints a metrics table, writes `evals/<task>.json` in the checkpoint directory (or in log_dir for
-a base model) and exits 1 when a task fails, 2 on bad arguments (checked before the model loads;
-an unknown task too).
+Prints a metrics table (each scorer's metrics count only the samples it scored: its `scored`
+row reads `<scored> of <samples>`, and a warning names any unscored sample) and writes
+`<task>.json` per task, exiting 1 when a task fails, 2 on bad arguments (checked before the
+model loads; an unknown task too). Where results and Inspect logs go:
+
+- a checkpoint: `<checkpoint>/evals/<task>.json`, logs in `<checkpoint>/evals/logs`;
+- a base model: `$BIOS_CHECKPOINT_ROOT/base_model_evals/<model>/<task>.json` (root `./runs`),
+  logs in its `logs/`;
+- with log_dir=DIR: logs in DIR (and a base model's results in DIR/evals).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +80,7 @@ def parse_args(argv: list[str]) -> EvalArgs:
     """Parses `key=value` arguments.
 
     Example:
-        >>> parse_args(["tasks=a.py@t,b:t", "limit=5"]).tasks
+        >>> parse_args(["tasks=a.py@t,b:t", "model_name=m", "limit=5"]).tasks
         ['a.py@t', 'b:t']
     """
     values: dict[str, Any] = {}
@@ -131,9 +138,12 @@ def run(args: EvalArgs) -> int:
         source = str(checkpoint)
         results_dir = checkpoint / "evals"
         log_dir = Path(args.log_dir) if args.log_dir else results_dir / "logs"
-    else:
-        log_dir = Path(args.log_dir or "inspect_logs")
+    elif args.log_dir:
+        log_dir = Path(args.log_dir)
         results_dir = log_dir / "evals"
+    else:
+        results_dir = base_model_results_dir(str(model_name))
+        log_dir = results_dir / "logs"
 
     config = GenerateConfig(
         max_connections=args.max_connections,
@@ -171,17 +181,59 @@ def run(args: EvalArgs) -> int:
     return 0 if all(r.status == "success" for r in results) else 1
 
 
+def base_model_results_dir(model_name: str) -> Path:
+    """Where a base model's results go: under the checkpoint root, never the working directory.
+
+    Example:
+        >>> base_model_results_dir("HuggingFaceTB/SmolLM2-135M-Instruct").as_posix()
+        'runs/base_model_evals/HuggingFaceTB--SmolLM2-135M-Instruct'
+    """
+    from bios_callbacks.checkpoints import checkpoint_root
+
+    return checkpoint_root() / "base_model_evals" / _safe_name(model_name)
+
+
+def _safe_name(model_name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", model_name).strip("-.") or "model"
+
+
 def format_table(results: list[Any]) -> str:
-    """A plain-text table: one row per metric, then failed samples and failed tasks."""
+    """A plain-text table: one row per metric, then failed samples and failed tasks.
+
+    Each scorer's `scored` row reads `<scored> of <samples>`; its metrics count only those.
+
+    Example:
+        >>> from bios_callbacks.eval.inspect_runner import TaskResult
+        >>> metrics = {"qa/judge/accuracy": 1.0, "qa/judge/scored": 1.0, "qa/judge/unscored": 1.0}
+        >>> print(format_table([TaskResult("qa", "success", metrics, samples=2)]))
+        metric             value
+        qa/judge/accuracy  1.0000
+        qa/judge/scored    1 of 2 (1 unscored: the metrics count only the scored)
+        qa/judge/unscored  1
+    """
     rows = [("metric", "value")]
     for result in results:
-        rows += [(key, f"{value:.4f}") for key, value in result.metrics.items()]
+        for key, value in result.metrics.items():
+            rows.append((key, _format_metric(key, value, result.metrics)))
         if result.errors:
             rows.append((f"{result.task}/failed_samples", str(len(result.errors))))
         if result.status != "success":
             rows.append((f"{result.task}/status", f"{result.status}: {result.error}"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _format_metric(key: str, value: float, metrics: dict[str, float]) -> str:
+    prefix, _, name = key.rpartition("/")
+    if name == "unscored":
+        return str(int(value))
+    if name == "scored":
+        unscored = int(metrics.get(f"{prefix}/unscored", 0))
+        text = f"{int(value)} of {int(value) + unscored}"
+        if unscored:
+            text += f" ({unscored} unscored: the metrics count only the scored)"
+        return text
+    return f"{value:.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bios_callbacks.evaluators.base import SamplingClientEvaluator
+
+logger = logging.getLogger(__name__)
 
 GraderFn = Callable[[str, str], bool]
 
@@ -23,11 +26,16 @@ def _question_and_target(datum: Any, index: int) -> tuple[str, str]:
 
 
 class QAEvaluator(SamplingClientEvaluator):
-    """Asks every question as a user turn, grades each answer, returns ``{"accuracy": ...}``.
+    """Asks every question as a user turn, grades each answer, returns accuracy and counts.
 
     All questions are sampled at once (``asyncio.gather``), so the sampling client batches them.
     The renderer is a renderer object, or a ``renderer_name`` resolved with the sampling
     client's tokenizer at call time.
+
+    An answer whose ``grader_fn`` call raises is left unscored (one warning names the items and
+    errors) and the others are still graded: ``accuracy`` is over the scored
+    answers, next to ``scored`` and ``unscored`` counts. When no answer could be graded the
+    call raises.
 
     Args:
         dataset: dicts with ``input`` and ``target`` (``output`` is accepted too).
@@ -45,7 +53,7 @@ class QAEvaluator(SamplingClientEvaluator):
         ...     renderer_name="chatml",
         ... )
         >>> await evaluator(sampling_client)  # doctest: +SKIP
-        {'accuracy': 1.0}
+        {'accuracy': 1.0, 'scored': 1.0, 'unscored': 0.0}
     """
 
     def __init__(
@@ -118,10 +126,40 @@ class QAEvaluator(SamplingClientEvaluator):
             return str(message.get("content", ""))
 
         answers = await asyncio.gather(*(answer(q) for q, _ in self.items))
-        correct = sum(
-            bool(self.grader_fn(response, target))
-            for response, (_, target) in zip(answers, self.items, strict=True)
-        )
+        grades: list[bool] = []
+        failures: list[str] = []
+        first_error: Exception | None = None
+        for index, (response, (question, target)) in enumerate(
+            zip(answers, self.items, strict=True)
+        ):
+            try:
+                grades.append(bool(self.grader_fn(response, target)))
+            except Exception as error:
+                first_error = first_error or error
+                failures.append(
+                    f"item {index} ({question!r} -> {response!r}): {type(error).__name__}: {error}"
+                )
         pairs = zip(self.eval_prompts(), answers, strict=True)
         self._transcripts = list(pairs)[: self.num_transcripts]
-        return {"accuracy": correct / len(self.items)}
+        if not grades:
+            raise RuntimeError(
+                f"QAEvaluator {self.name!r}: grader_fn raised for all {len(self.items)} items, "
+                f"e.g. {failures[0]}. Fix grader_fn so it returns a bool for (response, target)."
+            ) from first_error
+        if failures:
+            more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
+            logger.warning(
+                "QAEvaluator %r: grader_fn raised for %d of %d items, left unscored; accuracy "
+                "counts only the %d scored. %s%s",
+                self.name,
+                len(failures),
+                len(self.items),
+                len(grades),
+                "; ".join(failures[:3]),
+                more,
+            )
+        return {
+            "accuracy": sum(grades) / len(grades),
+            "scored": float(len(grades)),
+            "unscored": float(len(failures)),
+        }

@@ -102,7 +102,7 @@ def test_qa_samples_all_questions_and_grades_them(tiny_model, tokenizer):
         result = asyncio.run(evaluator(client))
     assert result == {"accuracy": 0.5, "scored": 4.0, "unscored": 0.0}
     assert len(seen) == 4 and all(isinstance(r, str) and t == "x" for r, t in seen)
-    assert [q for q, _ in evaluator.transcripts()] == ["Question 0?", "Question 1?"]
+    assert [t.prompt for t in evaluator.transcripts()] == ["Question 0?", "Question 1?"]
     assert list(evaluator.eval_prompts()) == [d["input"] for d in dataset]
 
 

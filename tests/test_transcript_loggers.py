@@ -297,3 +297,96 @@ def test_as_transcript_accepts_pairs_and_scored_tuples():
     assert as_transcript(("q", "a", float("nan"))).score is None
     with pytest.raises(TypeError, match="score a number or None"):
         as_transcript(("q", "a", "C"))
+
+
+# --- evaluators that grade each item --------------------------------------------------------
+
+
+def csv_transcripts(tmp_path, tiny_model, tokenizer, builder, **fit_options) -> list[dict]:
+    """Trains with `builder` and a CSVLogger; the lines of the run's transcripts.jsonl."""
+    logger = CSVLogger(str(tmp_path), name="csv")
+    callback = EvalCallback(evaluator_builders=[builder], progress=False)
+    trainer = make_trainer(tmp_path, [callback], logger=logger, **fit_options)
+    trainer.fit(TinyLM(tiny_model, tokenizer), token_loader())
+    path = Path(logger.log_dir) / "transcripts.jsonl"
+    return [json.loads(line) for line in path.open(encoding="utf-8")]
+
+
+def test_qa_transcripts_carry_each_answers_grade(tmp_path, tiny_model, tokenizer):
+    from bios_callbacks.evaluators import QAEvaluator
+
+    def grader(response: str, target: str) -> bool:
+        if target == "none":
+            raise KeyError("no rubric")
+        return target == "right"
+
+    questions = [
+        {"input": f"Question {i}?", "target": t} for i, t in enumerate(["right", "wrong", "none"])
+    ]
+    lines = csv_transcripts(
+        tmp_path,
+        tiny_model,
+        tokenizer,
+        lambda: QAEvaluator(questions, grader, renderer_name="chatml", max_tokens=3),
+        max_steps=1,
+    )
+    assert [(line["step"], line["prompt"]) for line in lines] == [
+        (step, f"Question {i}?") for step in (0, 1) for i in range(3)
+    ]
+    assert [(line["score"], line["explanation"]) for line in lines[:3]] == [
+        (1.0, None),
+        (0.0, None),
+        (None, "grader_fn raised KeyError: 'no rubric'"),
+    ]
+    assert all(isinstance(line["response"], str) for line in lines)
+
+
+def inspect_tasks():
+    """Two Inspect tasks: a judge-like scorer (C / I verdicts with reasons, one unscored) and
+    `model_graded_qa` graded by the model being trained (a random model gives no verdict)."""
+    from inspect_ai import Task
+    from inspect_ai.dataset import MemoryDataset, Sample
+    from inspect_ai.scorer import Score, accuracy, model_graded_qa, scorer
+    from inspect_ai.solver import generate
+
+    @scorer(metrics=[accuracy()])
+    def verdicts():
+        async def score(state, target):
+            if state.sample_id == 2:
+                return Score.unscored(reason="no_verdict", explanation="the judge said nothing")
+            grade = "C" if state.sample_id == 0 else "I"
+            return Score(value=grade, explanation=f"GRADE: {grade} for sample {state.sample_id}")
+
+        return score
+
+    def samples():
+        return MemoryDataset([Sample(input=f"Say {i}", target=str(i), id=i) for i in range(3)])
+
+    return [
+        Task(name="verdicts", dataset=samples(), solver=generate(), scorer=verdicts()),
+        Task(name="judged", dataset=samples(), solver=generate(), scorer=model_graded_qa()),
+    ]
+
+
+def test_inspect_transcripts_carry_the_scorers_value_and_explanation(
+    tmp_path, tiny_model, tokenizer
+):
+    from bios_callbacks.eval.inspect_evaluator import InspectEvaluatorBuilder
+
+    builder = InspectEvaluatorBuilder(
+        tasks=inspect_tasks(), renderer_name="chatml", max_tokens=3, log_dir=tmp_path
+    )
+    lines = csv_transcripts(tmp_path, tiny_model, tokenizer, builder, max_steps=1)
+    first_round = [line for line in lines if line["step"] == 0]
+    assert [line["prompt"] for line in first_round] == ["Say 0", "Say 1", "Say 2"] * 2
+    verdicts, judged = first_round[:3], first_round[3:]
+    assert [(line["score"], line["explanation"]) for line in verdicts] == [
+        (1.0, "GRADE: C for sample 0"),
+        (0.0, "GRADE: I for sample 1"),
+        (None, "no_verdict: the judge said nothing"),
+    ]
+    # the judge (here the model itself) wrote no GRADE: the sample is unscored, and the
+    # transcript shows what the judge said
+    assert all(line["score"] is None for line in judged)
+    assert all("Grade not found in model output" in line["explanation"] for line in judged)
+    assert sorted({line["step"] for line in lines}) == [0, 1]

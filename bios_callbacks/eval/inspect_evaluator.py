@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bios_callbacks.evaluators import SamplingClientEvaluator
+from bios_callbacks.evaluators import SamplingClientEvaluator, Transcript
 from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_CONNECTIONS
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class InspectEvaluator(SamplingClientEvaluator):
         self.log_dir: Path | None = builder.log_dir
         self.step: int | None = None
         self.rounds = 0
-        self._transcripts: list[tuple[str, str]] = []
+        self._transcripts: list[Transcript] = []
 
     def set_run_context(
         self, *, log_dir: str | Path | None = None, step: int | None = None
@@ -129,7 +129,7 @@ class InspectEvaluator(SamplingClientEvaluator):
             raise RuntimeError(f"Inspect task(s) failed: {summary}")
         if failed:
             logger.error("Inspect task(s) failed, reporting the others: %s", summary)
-        self._transcripts = [pair for r in results for pair in r.transcripts]
+        self._transcripts = [item for r in results for item in r.transcripts]
         return {key: value for r in results for key, value in r.metrics.items()}
 
     def inspect_log_dir(self) -> Path:
@@ -146,6 +146,7 @@ class InspectEvaluator(SamplingClientEvaluator):
             for s in task.dataset
         ]
 
-    def transcripts(self) -> Sequence[tuple[str, str]]:
-        """A few (prompt, response) pairs from the latest round."""
+    def transcripts(self) -> Sequence[Transcript]:
+        """A few samples of each task from the latest round, with the first scorer's value and
+        explanation (an LLM judge's verdict and reasoning)."""
         return self._transcripts

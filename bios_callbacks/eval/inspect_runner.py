@@ -32,8 +32,10 @@ from typing import Any
 from inspect_ai import Task, eval_async
 from inspect_ai.log import EvalLog
 from inspect_ai.model import Model
+from inspect_ai.scorer import CORRECT, INCORRECT, NOANSWER, PARTIAL, value_to_float
 
 from bios_callbacks.eval.inspect_tasks import task_short_name
+from bios_callbacks.evaluators.base import Transcript
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class TaskResult:
     unscored: dict[str, dict[str, str]] = field(default_factory=dict)
     log_location: str = ""
     error: str | None = None
-    transcripts: list[tuple[str, str]] = field(default_factory=list)
+    transcripts: list[Transcript] = field(default_factory=list)
 
 
 async def run_tasks(
@@ -120,11 +122,7 @@ def result_from_log(log: EvalLog) -> TaskResult:
         metrics[f"{task}/{score.name}/unscored"] = float(total - scored)
         if scored < total:
             _warn_unscored(task, score.name, scored, total, unscored.get(score.scorer, {}), errors)
-    transcripts = [
-        (s.input if isinstance(s.input, str) else s.input[-1].text, s.output.completion)
-        for s in samples[:3]
-        if s.error is None
-    ]
+    transcripts = [_transcript(sample) for sample in samples[:3] if sample.error is None]
     return TaskResult(
         task=task,
         status=log.status,
@@ -178,7 +176,6 @@ def _shorten(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-
 @contextlib.contextmanager
 def preserved_terminal() -> Iterator[None]:
     """Restores Rich's global console and the root logger after Inspect changed them."""
@@ -209,3 +206,21 @@ def _quiet_inspect_display() -> None:
 
     init_display_type("none")
     rich.get_console().quiet = True
+
+
+def _transcript(sample: Any) -> Transcript:
+    """A sample's prompt and completion with its first scorer's value as a number (Inspect's
+    C / I / P / N grades as 1 / 0 / 0.5 / 0, as its `value_to_float` does; None for an
+    unscored sample or a value that is no number) and the scorer's reason and explanation (a
+    judge's reasoning, or why it gave no verdict)."""
+    prompt = sample.input if isinstance(sample.input, str) else sample.input[-1].text
+    score = next(iter((sample.scores or {}).values()), None)
+    if score is None:
+        return Transcript(prompt, sample.output.completion)
+    value, number = score.value, None
+    if isinstance(value, bool | int | float) or value in (CORRECT, INCORRECT, PARTIAL, NOANSWER):
+        number = value_to_float()(value)
+        number = None if math.isnan(number) else number
+    parts = (score.reason, score.explanation)
+    explanation = ": ".join(str(part) for part in parts if part) or None
+    return Transcript(prompt, sample.output.completion, number, explanation)

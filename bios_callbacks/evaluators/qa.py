@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from bios_callbacks.evaluators.base import SamplingClientEvaluator
+from bios_callbacks.evaluators.base import SamplingClientEvaluator, Transcript
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class QAEvaluator(SamplingClientEvaluator):
         renderer_name: used instead of ``renderer``, e.g. ``"chatml"``.
         max_tokens, temperature, seed: sampling settings (greedy by default).
         name: the metric namespace, ``eval/<name>/accuracy``.
-        num_transcripts: how many (question, answer) pairs to keep for TensorBoard text.
+        num_transcripts: how many graded (question, answer) transcripts the loggers show.
 
     Example:
         >>> evaluator = QAEvaluator(
@@ -92,14 +92,15 @@ class QAEvaluator(SamplingClientEvaluator):
         )
         self.name = name
         self.num_transcripts = num_transcripts
-        self._transcripts: list[tuple[str, str]] = []
+        self._transcripts: list[Transcript] = []
 
     def eval_prompts(self) -> Sequence[str]:
         """The questions."""
         return [question for question, _ in self.items]
 
-    def transcripts(self) -> Sequence[tuple[str, str]]:
-        """The first few (question, answer) pairs of the latest call."""
+    def transcripts(self) -> Sequence[Transcript]:
+        """The first few questions and answers of the latest call, each with its grade (1.0 /
+        0.0) or, where ``grader_fn`` raised, no score and the error as the explanation."""
         return self._transcripts
 
     def _renderer_for(self, sampling_client: Any) -> Any:
@@ -128,19 +129,24 @@ class QAEvaluator(SamplingClientEvaluator):
         answers = await asyncio.gather(*(answer(q) for q, _ in self.items))
         grades: list[bool] = []
         failures: list[str] = []
+        transcripts: list[Transcript] = []
         first_error: Exception | None = None
         for index, (response, (question, target)) in enumerate(
             zip(answers, self.items, strict=True)
         ):
             try:
-                grades.append(bool(self.grader_fn(response, target)))
+                grade = bool(self.grader_fn(response, target))
             except Exception as error:
                 first_error = first_error or error
                 failures.append(
                     f"item {index} ({question!r} -> {response!r}): {type(error).__name__}: {error}"
                 )
-        pairs = zip(self.eval_prompts(), answers, strict=True)
-        self._transcripts = list(pairs)[: self.num_transcripts]
+                explanation = f"grader_fn raised {type(error).__name__}: {error}"
+                transcripts.append(Transcript(question, response, None, explanation))
+            else:
+                grades.append(grade)
+                transcripts.append(Transcript(question, response, float(grade)))
+        self._transcripts = transcripts[: self.num_transcripts]
         if not grades:
             raise RuntimeError(
                 f"QAEvaluator {self.name!r}: grader_fn raised for all {len(self.items)} items, "

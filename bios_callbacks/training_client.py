@@ -140,20 +140,9 @@ class TrainingClient:
         return results
 
     def _score_batch(self, batch: list[list[int]]) -> list[list[float]]:
-        import torch
+        from bios_callbacks.models.token_logprobs import ShiftedBatch, token_logprobs
 
         device = next(self.model.parameters()).device
-        longest = max(len(t) for t in batch)
-        input_ids = torch.zeros((len(batch), longest), dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for row, tokens in enumerate(batch):
-            input_ids[row, : len(tokens)] = torch.tensor(tokens)
-            mask[row, : len(tokens)] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)  # one copy each, not per row
-        logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-        targets = input_ids[:, 1:]
-        token_logprobs = -torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), targets, reduction="none"
-        )
-        rows = token_logprobs.cpu().tolist()
-        return [row[: len(t) - 1] for row, t in zip(rows, batch, strict=True)]
+        shifted = ShiftedBatch.of(batch, pad_id=0).to(device)  # padding is masked: any id works
+        rows = token_logprobs(self.model, shifted).cpu().tolist()
+        return [row[:n] for row, n in zip(rows, shifted.lengths, strict=True)]

@@ -32,7 +32,8 @@ class MeanLength(SamplingClientEvaluator):
         response = await sampling_client.sample_async(
             prompt=[1, 2, 3], num_samples=1, sampling_params=SamplingParams(max_tokens=4)
         )
-        return {"tokens": float(len(response.sequences[0].tokens))}
+        decode_threads = [t for t in threading.enumerate() if t.name == "bios-decode"]
+        return {"tokens": float(len(response.sequences[0].tokens)), "engines": len(decode_threads)}
 
 
 def test_policy_gradient_raises_the_rewarded_completion(tiny_model):
@@ -94,6 +95,8 @@ def test_rl_run_logs_metrics_evaluates_and_checkpoints(
     ):
         assert steps[tag] == [0, 1, 2, 3], tag
     assert steps["eval/MeanLength/tokens"] == [0, 2, 4]
+    # rollouts and evaluators share one decode engine
+    assert [e.value for e in acc.Scalars("eval/MeanLength/engines")] == [1.0, 1.0, 1.0]
     rewards = [e.value for e in acc.Scalars("train/reward_mean")]
     assert all(r <= 0 for r in rewards) and any(r < 0 for r in rewards)
 

@@ -16,10 +16,16 @@ import json
 import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bios_callbacks.renderers.base import ROLES
+
+if TYPE_CHECKING:
+    import torch
+
+    from bios_callbacks.models.token_logprobs import ShiftedBatch
 
 Messages = list[dict[str, Any]]
 
@@ -127,22 +133,20 @@ def tokenize_conversations(
     return examples
 
 
-def collate(examples: list[tuple[list[int], list[float]]], pad_id: int) -> dict[str, Any]:
-    """Pads a batch; returns input_ids, attention_mask, target ids and per-target weights."""
-    import torch
+def collate(examples: list[tuple[list[int], list[float]]], pad_id: int) -> SupervisedBatch:
+    """Pads a batch: shifted inputs and targets with each target's loss weight."""
+    from bios_callbacks.models.token_logprobs import ShiftedBatch
 
-    width = max(len(tokens) for tokens, _ in examples) - 1
-    inputs = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    targets = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    weights = torch.zeros((len(examples), width))
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, (tokens, w) in enumerate(examples):
-        n = len(tokens) - 1
-        inputs[row, :n] = torch.tensor(tokens[:-1])
-        targets[row, :n] = torch.tensor(tokens[1:])
-        weights[row, :n] = torch.tensor(w[1:])
-        mask[row, :n] = 1
-    return {"input_ids": inputs, "attention_mask": mask, "targets": targets, "weights": weights}
+    tokens = ShiftedBatch.of([t for t, _ in examples], pad_id)
+    return SupervisedBatch(tokens, tokens.spread([w[1:] for _, w in examples]))
+
+
+@dataclass
+class SupervisedBatch:
+    """A padded SFT batch: the shifted tokens and a loss weight per target."""
+
+    tokens: ShiftedBatch
+    weights: torch.Tensor
 
 
 class BatchStream:

@@ -30,8 +30,8 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
+from bios_callbacks.models.token_logprobs import ShiftedBatch, token_logprobs
 from bios_callbacks.models.tokens import pad_token_id
 from trainers import data
 from trainers.cli import run_cli
@@ -63,28 +63,15 @@ def policy_gradient_loss(
 ) -> tuple[torch.Tensor, float]:
     """Importance-weighted policy-gradient loss over response tokens; also returns the mean
     approximate KL(sampler || trainer), which stays near 0 while both see the same weights."""
-    width = max(len(r.prompt) + len(r.response) for r in rollouts) - 1
-    inputs = torch.full((len(rollouts), width), pad_id, dtype=torch.long)
-    targets = torch.full_like(inputs, pad_id)
-    mask = torch.zeros((len(rollouts), width), dtype=torch.long)
-    sampler_logp = torch.zeros((len(rollouts), width))
-    loss_mask = torch.zeros((len(rollouts), width))
-    for row, r in enumerate(rollouts):
-        tokens = r.prompt + r.response
-        n, start = len(tokens) - 1, len(r.prompt) - 1
-        inputs[row, :n] = torch.tensor(tokens[:-1])
-        targets[row, :n] = torch.tensor(tokens[1:])
-        mask[row, :n] = 1
-        sampler_logp[row, start:n] = torch.tensor(r.logprobs)
-        loss_mask[row, start:n] = 1.0
+    batch = ShiftedBatch.of([r.prompt + r.response for r in rollouts], pad_id)
+    starts = [len(r.prompt) - 1 for r in rollouts]  # the target position of each response's start
+    sampler_logp = batch.spread([r.logprobs for r in rollouts], starts)
+    loss_mask = batch.spread([[1.0] * len(r.response) for r in rollouts], starts)
     device = next(model.parameters()).device
-    inputs, targets, mask = inputs.to(device), targets.to(device), mask.to(device)
-    sampler_logp, loss_mask = sampler_logp.to(device), loss_mask.to(device)
+    batch, sampler_logp, loss_mask = batch.to(device), sampler_logp.to(device), loss_mask.to(device)
     advantages = torch.tensor([r.advantage for r in rollouts], device=device)[:, None]
 
-    logits = model(input_ids=inputs, attention_mask=mask).logits.float() / temperature
-    logp = -F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-    logp = logp.view_as(loss_mask)
+    logp = token_logprobs(model, batch, temperature=temperature)
     ratio = torch.exp(logp - sampler_logp)
     n_tokens = loss_mask.sum()
     loss = -(ratio * advantages * loss_mask).sum() / n_tokens
@@ -107,6 +94,11 @@ class RLModule(PolicyModule):
 
         super().on_fit_start()
         self.client = SamplingClient.from_module(self.model, self.tokenizer)
+
+    def make_sampling_client(self) -> Any:
+        """The rollout client, shared with the sampling evaluators: one decode engine serves
+        both (EvalCallback never closes a client the module made)."""
+        return self.client
 
     def release(self) -> None:
         """Stops the sampling client's decode thread and drops its reference to the model."""

@@ -26,8 +26,8 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
+from bios_callbacks.models.token_logprobs import token_logprobs
 from bios_callbacks.models.tokens import pad_token_id
 from bios_callbacks.models.train_flags import evaluation_mode
 from bios_callbacks.renderers import TrainOnWhat
@@ -50,14 +50,11 @@ TRAIN_ON_WHAT = TrainOnWhat.ALL_ASSISTANT_MESSAGES
 
 
 def weighted_loss(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    model: torch.nn.Module, batch: data.SupervisedBatch
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (sum of weighted token losses, sum of weights) for one padded batch."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    losses = F.cross_entropy(
-        logits.flatten(0, 1).float(), batch["targets"].flatten(), reduction="none"
-    ).view_as(batch["weights"])
-    return (losses * batch["weights"]).sum(), batch["weights"].sum()
+    logprobs = token_logprobs(model, batch.tokens)
+    return -(logprobs * batch.weights).sum(), batch.weights.sum()
 
 
 class SFTModule(PolicyModule):
@@ -70,7 +67,7 @@ class SFTModule(PolicyModule):
         self.test_losses: dict[int, float] = {}
         self.step_started = time.perf_counter()
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: data.SupervisedBatch, batch_idx: int) -> torch.Tensor:
         step = self.global_step  # the weights after `step` optimizer updates
         test_every = self.cfg.test_every
         if step == 0 or (test_every and step % test_every == 0):
@@ -106,7 +103,7 @@ class SFTModule(PolicyModule):
         total = weight = 0.0
         with evaluation_mode(self.model):  # restores every submodule's own training flag
             for batch in self.test_batches:
-                t, w = weighted_loss(self.model, {k: v.to(self.device) for k, v in batch.items()})
+                t, w = weighted_loss(self.model, _on(batch, self.device))
                 total, weight = total + t, weight + w
         loss = float(total / weight)
         self.last_tested = step
@@ -114,6 +111,10 @@ class SFTModule(PolicyModule):
         self.log_metrics({"test/loss": loss}, step=step)
         print(f"step {step}: test loss {loss:.4f}", flush=True)
         return loss
+
+
+def _on(batch: data.SupervisedBatch, device: torch.device) -> data.SupervisedBatch:
+    return data.SupervisedBatch(batch.tokens.to(device), batch.weights.to(device))
 
 
 def train(

@@ -184,6 +184,47 @@ def test_bios_provider_loads_a_checkpoint_by_path(tiny_model, tokenizer, tmp_pat
         model.api.close()
 
 
+def test_response_prefix_is_prefilled_and_returned(tiny_model, tokenizer):
+    client = SamplingClient.from_module(tiny_model, tokenizer)
+    api = InspectAPIFromBiosSampling(renderer_name="chatml", model_name="tiny",
+                                     sampling_client=client, response_prefix="GRADE:")
+    output = generate_once(api, GenerateConfig(max_tokens=3))
+    prompt = api.renderer.build_generation_prompt([{"role": "user",
+                                                    "content": "Tell me a story."}])
+    prefix = tokenizer.encode("GRADE:", add_special_tokens=False)
+    continued = client.sample(prompt.from_ints(prompt.to_ints() + prefix), 1,
+                              api.sampling_params(GenerateConfig(max_tokens=3))).sequences[0]
+    client.close()
+    # the model continues after the prefix, and the reply includes it
+    assert output.completion == "GRADE:" + api.renderer.parse_response(continued.tokens)[0][
+        "content"]
+    assert output.usage.input_tokens == prompt.length + len(prefix)
+
+
+@pytest.mark.parametrize("form", ["bios/{path}", "bios{path}"], ids=["bios//abs", "bios/abs"])
+def test_absolute_checkpoint_path_with_or_without_its_leading_slash(form, tiny_model, tokenizer,
+                                                                    tmp_path):
+    from bios_callbacks.checkpoints import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "ckpt", tiny_model, tokenizer,
+                           base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+                           renderer_name="chatml", step=3).resolve()
+    model = form.format(path=path)  # bios//tmp/.../ckpt or bios/tmp/.../ckpt
+    task = Task(dataset=MemoryDataset([Sample(input=f"Say {i}", target="x") for i in range(2)]),
+                solver=generate(), scorer=includes(), config=GenerateConfig(max_tokens=2))
+    [log] = eval(task, model=model, log_dir=str(tmp_path / "logs"), display="none")
+    assert log.status == "success", log.error
+    assert log.eval.model == model
+    assert log.results.scores[0].scored_samples == 2
+
+
+def test_a_path_that_exists_neither_way_shows_the_forms_that_work():
+    with pytest.raises(FileNotFoundError, match=r"no model or checkpoint directory "
+                       r"'no/such/ckpt' .* or '/no/such/ckpt'\. .*--model bios/<absolute path> "
+                       r"\(with or without its leading /\)"):
+        get_model("bios/no/such/ckpt", memoize=False)
+
+
 @pytest.mark.embedded
 def test_embedded_model_knows_capitals(embedded, tmp_path):
     model, tokenizer = embedded
@@ -204,28 +245,23 @@ def test_embedded_model_knows_capitals(embedded, tmp_path):
 
 
 @pytest.mark.embedded
-def test_llm_as_judge_listing_with_a_local_grader(embedded, tmp_path):
-    from inspect_ai.scorer import model_graded_qa
+def test_llm_as_judge_example_grades_every_sample(tmp_path, capsys):
+    from inspect_ai.log import read_eval_log
 
-    model, tokenizer = embedded
-    client = SamplingClient.from_module(model, tokenizer)
-    api = InspectAPIFromBiosSampling(renderer_name="chatml", model_name="smollm2",
-                                     sampling_client=client)
-    task = Task(
-        dataset=MemoryDataset([Sample(input="What is the capital of France?", target="Paris"),
-                               Sample(input="What is the capital of Italy?", target="Rome")]),
-        solver=generate(),
-        scorer=model_graded_qa(
-            instructions="Grade strictly. Respond 'GRADE: C' if correct or 'GRADE: I' otherwise.",
-            partial_credit=False),
-    )
-    grader = Model(api, GenerateConfig(temperature=0.0, max_tokens=32, max_connections=32))
-    [log] = eval(task, model=Model(api, GenerateConfig(max_tokens=32, max_connections=32)),
-                 model_roles={"grader": grader}, log_dir=str(tmp_path), display="none")
-    client.close()
-    assert log.status == "success"
-    assert all("model_graded_qa" in s.scores for s in log.samples)  # a 135M grader may not grade
-    assert "accuracy" in log.results.scores[0].metrics
+    from examples import llm_as_judge
+
+    assert llm_as_judge.main([f"log_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    # the 135M model answers France right and Italy wrong; the prefilled grader says so
+    assert "France? -> 'The capital of France is Paris.' (target Paris): C\n" in out
+    assert "(target Rome): I\n" in out
+    assert "llm_as_judge/model_graded_qa/scored: 2\n" in out
+    assert "llm_as_judge/model_graded_qa/unscored: 0\n" in out
+    assert "llm_as_judge/model_graded_qa/accuracy: 0.5\n" in out
+    [path] = tmp_path.glob("*.eval")
+    log = read_eval_log(str(path))
     grader_calls = [e for s in log.samples for e in s.events
                     if e.event == "model" and e.role == "grader"]
-    assert grader_calls and all(e.config.max_tokens == 32 for e in grader_calls)
+    assert len(grader_calls) == 2
+    assert all(e.config.max_tokens == 4 and e.output.completion.startswith("GRADE: ")
+               for e in grader_calls)

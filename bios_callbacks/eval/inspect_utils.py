@@ -39,7 +39,7 @@ from inspect_ai.model._model_info import MODEL_INFO_LOOKUP_API_KEY
 from inspect_ai.tool import ToolChoice, ToolInfo
 
 from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE
-from bios_callbacks.types import SampledSequence, SamplingParams
+from bios_callbacks.types import ModelInput, SampledSequence, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ class InspectAPIFromBiosSampling(ModelAPI):
             to load a sampling client when `sampling_client` is not given.
         sampling_client: the client to sample with (shares the weights it was made from).
         verbose: log every prompt and response at INFO level.
+        response_prefix: text every reply starts with, placed after the prompt so the model
+            continues it (prefill) and included in the returned text; e.g. "GRADE:" makes a
+            small grader give its verdict at once (`-M response_prefix=GRADE:`).
         dtype: weights' dtype when the provider loads the model itself ("float32" or
             "bfloat16"; `-M dtype=bfloat16`).
         config: Inspect's generation settings (passed by `get_model`); when the provider loads
@@ -83,6 +86,7 @@ class InspectAPIFromBiosSampling(ModelAPI):
         renderer_name: str | None = None,
         sampling_client: Any = None,
         verbose: bool = False,
+        response_prefix: str = "",
         dtype: str = "float32",
         base_url: str | None = None,
         api_key: str | None = None,
@@ -93,7 +97,8 @@ class InspectAPIFromBiosSampling(ModelAPI):
         if model_args:
             raise TypeError(
                 f"Unknown model argument(s) for the bios provider: {sorted(model_args)}; "
-                "valid ones are renderer_name, sampling_client, verbose and dtype "
+                "valid ones are renderer_name, sampling_client, verbose, response_prefix and "
+                "dtype "
                 "(e.g. -M renderer_name=chatml -M dtype=bfloat16)."
             )
         self._owns_client = sampling_client is None
@@ -117,6 +122,12 @@ class InspectAPIFromBiosSampling(ModelAPI):
         self.renderer_name = renderer_name
         self.renderer = get_renderer(name=renderer_name, tokenizer=self.tokenizer)
         self.verbose = verbose
+        self.response_prefix = response_prefix
+        self._prefix_tokens = (
+            self.tokenizer.encode(response_prefix, add_special_tokens=False)
+            if response_prefix
+            else []
+        )
         # Instances made directly (not through `get_model`) still need registry info, which
         # Inspect reads to name the model ("bios/<model_name>") in logs.
         registry_tag(
@@ -136,6 +147,8 @@ class InspectAPIFromBiosSampling(ModelAPI):
     ) -> ModelOutput:
         """Renders `input`, samples `config.num_choices` answers and parses them."""
         prompt = self.renderer.build_generation_prompt(to_renderer_messages(input))
+        if self._prefix_tokens:
+            prompt = ModelInput.from_ints(prompt.to_ints() + self._prefix_tokens)
         params = self.sampling_params(config)
         response = await self.sampling_client.sample_async(
             prompt=prompt, num_samples=config.num_choices or 1, sampling_params=params
@@ -179,8 +192,11 @@ class InspectAPIFromBiosSampling(ModelAPI):
     ) -> ChatCompletionChoice:
         message, _ = self.renderer.parse_response(sequence.tokens, extra_stop=stop_seqs)
         return ChatCompletionChoice(
-            message=ChatMessageAssistant(content=message["content"], model=self.model_name,
-                                         source="generate"),
+            message=ChatMessageAssistant(
+                content=self.response_prefix + message["content"],
+                model=self.model_name,
+                source="generate",
+            ),
             stop_reason=_STOP_REASONS[sequence.stop_reason],
             logprobs=self._logprobs(sequence) if logprobs else None,
         )
@@ -238,6 +254,7 @@ def _client_for(model_name: str, max_batch_size: int, dtype: str) -> tuple[Any, 
     from bios_callbacks.models import is_checkpoint_ref
     from bios_callbacks.sampling.service import ServiceClient
 
+    model_name = local_model_name(model_name)
     service = ServiceClient(max_batch_size=max_batch_size, dtype=dtype)
     if is_checkpoint_ref(model_name):
         from bios_callbacks.checkpoints import read_checkpoint_metadata, resolve_model_path
@@ -246,3 +263,35 @@ def _client_for(model_name: str, max_batch_size: int, dtype: str) -> tuple[Any, 
         renderer_name = read_checkpoint_metadata(path).renderer_name
         return service.create_sampling_client(model_path=str(path)), renderer_name
     return service.create_sampling_client(base_model=model_name), None
+
+
+def local_model_name(name: str) -> str:
+    """`name` as Inspect passes it after `bios/`, with an absolute path's lost `/` put back.
+
+    Inspect splits `--model bios/<name>` at its first `/`, so `bios//abs/ckpt` gives
+    `/abs/ckpt` and `bios/abs/ckpt` gives `abs/ckpt`. A name that is no path relative to the
+    working directory but is an existing directory from `/` means that directory; hub ids,
+    relative paths and `bios://` URIs are returned as they are. A path-like name that exists
+    neither way is a `FileNotFoundError` showing the forms that work.
+
+    Example:
+        >>> local_model_name("tmp")  # no ./tmp here, but /tmp exists  # doctest: +SKIP
+        '/tmp'
+        >>> local_model_name("HuggingFaceTB/SmolLM2-135M-Instruct")
+        'HuggingFaceTB/SmolLM2-135M-Instruct'
+    """
+    from pathlib import Path
+
+    if name.startswith(("bios://", "/", "~", ".")) or Path(name).exists():
+        return name
+    absolute = Path("/", name)
+    if absolute.is_dir():
+        return str(absolute)
+    if name.count("/") > 1:  # a hub id has one
+        raise FileNotFoundError(
+            f"bios/{name}: no model or checkpoint directory {name!r} (relative to "
+            f"{Path.cwd()}) or {str(absolute)!r}. Name a directory after bios/: "
+            "--model bios/runs/<run>/checkpoints/<name> (relative), --model bios/<absolute "
+            "path> (with or without its leading /), or --model bios/bios://<run>/<name>."
+        )
+    return name

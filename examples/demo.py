@@ -195,7 +195,7 @@ def run(cfg: SFTConfig, callbacks: Sequence[Any] = ()) -> None:
     print("\n=== demo summary ===")
     print("eval metrics, first vs last evaluated step:")
     print("\n".join(summarize(cfg.run_dir)))
-    losses = result.module.test_losses
+    losses = result.history["test/loss"]
     first, last = min(losses), max(losses)
     print(
         f"  {'test/loss':<{KEY_WIDTH}} step {first:>3}: {losses[first]:.3f}   "

@@ -90,7 +90,7 @@ def run(cfg: RLConfig, callbacks: Sequence[Any] = ()) -> None:
     from trainers import rl
 
     result = rl.train(cfg, callbacks=callbacks)
-    rewards = result.module.reward_history
+    rewards = list(result.history["train/reward_mean"].values())
     k = min(5, len(rewards))
     print("\n=== summary ===")
     print(

@@ -62,7 +62,7 @@ def assert_checkpoint_samples_like_live(result, tokenizer, messages, max_tokens:
     """The final checkpoint, reloaded, samples the same greedy tokens as the trained module."""
     prompt = get_renderer(name="chatml", tokenizer=tokenizer).build_generation_prompt(messages)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
-    with SamplingClient.from_module(result.module.model, tokenizer) as live:
+    with SamplingClient.from_module(result.model, tokenizer) as live:
         expected = live.sample(prompt, 1, params).sequences[0].tokens
     with ServiceClient().create_sampling_client(model_path=result.checkpoint) as reloaded:
         assert reloaded.sample(prompt, 1, params).sequences[0].tokens == expected
@@ -111,7 +111,7 @@ def test_sft_learns_logs_and_checkpoints(tiny_model, tokenizer, root, capsys):
     with pytest.raises(FileNotFoundError, match="keep_trainer_states"):
         train(
             SFTConfig(**{**cfg.__dict__, "resume_from": "bios://sft-e2e/step_000008"}),
-            model=result.module.model,
+            model=result.model,
             tokenizer=tokenizer,
         )
 
@@ -228,7 +228,7 @@ def test_lora_run_saves_an_adapter_that_reloads(tiny_model, tokenizer, root, tmp
         run_name="sft-lora",
     )
     result = train(cfg)
-    trainable = [n for n, p in result.module.model.named_parameters() if p.requires_grad]
+    trainable = [n for n, p in result.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert read_checkpoint_metadata(result.checkpoint).weights == "lora"
 
@@ -237,7 +237,7 @@ def test_lora_run_saves_an_adapter_that_reloads(tiny_model, tokenizer, root, tmp
     # training longer from the final checkpoint keeps training the same adapter
     longer = train(SFTConfig(**{**cfg.__dict__, "steps": 5, "resume_from": result.checkpoint}))
     assert longer.checkpoint == "bios://sft-lora/step_000005"
-    trainable = [n for n, p in longer.module.model.named_parameters() if p.requires_grad]
+    trainable = [n for n, p in longer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
 
     # a new run can start from the checkpoint: its adapter trains on, in its own chat format
@@ -251,7 +251,7 @@ def test_lora_run_saves_an_adapter_that_reloads(tiny_model, tokenizer, root, tmp
         "log_dir": None,
     }
     started = train(SFTConfig(**fresh))
-    trainable = [n for n, p in started.module.model.named_parameters() if p.requires_grad]
+    trainable = [n for n, p in started.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     meta = read_checkpoint_metadata(started.checkpoint)
     assert (meta.renderer_name, meta.base_model) == ("chatml", str(base_dir))

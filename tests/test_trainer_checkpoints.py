@@ -76,7 +76,7 @@ def test_lora_started_from_a_full_checkpoint_reloads_onto_its_weights(
     metadata = read_checkpoint_metadata(result.checkpoint)
     assert metadata.weights == "lora"
     assert metadata.base_model == str((root / "full" / "checkpoints" / "step_000010").resolve())
-    live = logits(result.module.model, tokenizer)
+    live = logits(result.model, tokenizer)
     reloaded, _ = load_model(result.checkpoint)
     assert torch.allclose(logits(reloaded, tokenizer), live, atol=1e-5)
     # what the adapter gives on the original weights is far from the trained model

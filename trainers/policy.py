@@ -122,6 +122,7 @@ class PolicyModule(L.LightningModule):
         self.cfg = cfg
         self.strict_loading = False
         self.latest_metrics: dict[str, float] = {}
+        self.history: dict[str, dict[int, float]] = {}
 
     def on_fit_start(self) -> None:
         self.model.train()
@@ -149,8 +150,11 @@ class PolicyModule(L.LightningModule):
         checkpoint["state_dict"] = {}
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Writes metrics to every logger at `step` and remembers them for checkpoints."""
+        """Writes metrics to every logger at `step`; remembers them for checkpoints and the
+        run's result."""
         self.latest_metrics.update(metrics)
+        for key, value in metrics.items():
+            self.history.setdefault(key, {})[step] = value
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=step)
 
@@ -197,12 +201,15 @@ def build_trainer(
 
 @dataclass
 class TrainResult:
-    """What a finished run left behind: its log dir, final `bios://` checkpoint and metrics."""
+    """What a finished run left behind: its log dir, final `bios://` checkpoint, latest
+    metrics, every metric the trainer logged by step (`history["train/loss"][3]`), and the
+    trained model."""
 
     log_dir: Path
     checkpoint: str
     metrics: dict[str, float] = field(default_factory=dict)
-    module: PolicyModule | None = None
+    history: dict[str, dict[int, float]] = field(default_factory=dict)
+    model: torch.nn.Module | None = None
 
 
 SIGTERM_EXIT_STATUS = 143  # 128 + SIGTERM, what shells report for a process SIGTERM ended
@@ -277,7 +284,9 @@ def fit(
     final = checkpoint_uri(saver.saved[-1]) if saver.saved else ""
     print(f"done: step {trainer.global_step}, checkpoint {final}")
     print(f"view the logs: tensorboard --logdir {cfg.run_dir}")
-    return TrainResult(cfg.run_dir, final, latest_results(trainer, module), module)
+    return TrainResult(
+        cfg.run_dir, final, latest_results(trainer, module), module.history, module.model
+    )
 
 
 def explain_out_of_memory(exc: BaseException, cfg: TrainConfig) -> BaseException:

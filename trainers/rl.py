@@ -86,7 +86,6 @@ class RLModule(PolicyModule):
         super().__init__(model, tokenizer, cfg)
         self.renderer = renderer
         self.client: Any = None
-        self.reward_history: list[float] = []
         self._no_signal = False
 
     def on_fit_start(self) -> None:
@@ -197,7 +196,6 @@ class RLModule(PolicyModule):
             "time/iteration_s": finished - started,
         }
         self.log_metrics(metrics, step=step)
-        self.reward_history.append(metrics["train/reward_mean"])
         print(
             f"iter {step}: reward {metrics['train/reward_mean']:.3f}, "
             f"length {metrics['train/response_tokens_mean']:.1f}, "

@@ -64,7 +64,6 @@ class SFTModule(PolicyModule):
         super().__init__(model, tokenizer, cfg)
         self.test_batches = test_batches
         self.last_tested: int | None = None
-        self.test_losses: dict[int, float] = {}
         self.step_started = time.perf_counter()
 
     def training_step(self, batch: data.SupervisedBatch, batch_idx: int) -> torch.Tensor:
@@ -107,7 +106,6 @@ class SFTModule(PolicyModule):
                 total, weight = total + t, weight + w
         loss = float(total / weight)
         self.last_tested = step
-        self.test_losses[step] = loss
         self.log_metrics({"test/loss": loss}, step=step)
         print(f"step {step}: test loss {loss:.4f}", flush=True)
         return loss

@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -92,7 +93,9 @@ class _EvaluatorHooks:
         transcripts.jsonl): return a few (e.g. `QAEvaluator(num_transcripts=3)`)."""
         return ()
 
-    def set_run_context(self, *, log_dir: str | None = None, step: int | None = None) -> None:
+    def set_run_context(
+        self, *, log_dir: str | os.PathLike[str] | None = None, step: int | None = None
+    ) -> None:
         """Called before each round with the run's log directory and the step being evaluated
         (e.g. to write the evaluator's own logs there). Ignored by default."""
 

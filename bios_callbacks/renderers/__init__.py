@@ -2,7 +2,7 @@
 
 Example:
     >>> from bios_callbacks import renderers
-    >>> renderers.renderer_names()
+    >>> renderers.renderer_names()  # doctest: +NORMALIZE_WHITESPACE
     ['chatml', 'hf_template', 'llama3', 'qwen3', 'qwen3_disable_thinking', 'qwen3_instruct',
      'role_colon']
     >>> r = renderers.get_renderer("chatml", tokenizer)  # doctest: +SKIP

@@ -387,8 +387,9 @@ class Renderer(ABC):
 
     Example:
         >>> renderer = get_renderer("chatml", tokenizer)  # doctest: +SKIP
-        >>> prompt = renderer.build_generation_prompt([{"role": "user", "content": "Hi"}])
-        >>> message, termination = renderer.parse_response(sampled_tokens)
+        >>> prompt = renderer.build_generation_prompt(  # doctest: +SKIP
+        ...     [{"role": "user", "content": "Hi"}])
+        >>> message, termination = renderer.parse_response(sampled_tokens)  # doctest: +SKIP
     """
 
     name: str = ""

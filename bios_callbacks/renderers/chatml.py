@@ -23,8 +23,9 @@ class ChatMLRenderer(TurnRenderer):
 
     Example:
         >>> r = ChatMLRenderer(tokenizer)  # doctest: +SKIP
-        >>> prompt = r.build_generation_prompt([{"role": "user", "content": "Hi"}])
-        >>> tokenizer.decode(prompt.tokens)
+        >>> prompt = r.build_generation_prompt(  # doctest: +SKIP
+        ...     [{"role": "user", "content": "Hi"}])
+        >>> tokenizer.decode(prompt.tokens)  # doctest: +SKIP
         '<|im_start|>system\\nYou are ... SmolLM, ...<|im_start|>assistant\\n'
     """
 

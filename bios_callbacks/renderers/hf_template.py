@@ -38,7 +38,7 @@ class HFTemplateRenderer(Renderer):
 
     Example:
         >>> r = HFTemplateRenderer(tokenizer)  # doctest: +SKIP
-        >>> r.get_stop_sequences()
+        >>> r.get_stop_sequences()  # doctest: +SKIP
         [2]
     """
 

@@ -16,7 +16,8 @@ class Llama3Renderer(TurnRenderer):
 
     Example:
         >>> r = Llama3Renderer(tokenizer)  # doctest: +SKIP
-        >>> tokenizer.decode(r.build_generation_prompt([{"role": "user", "content": "Hi"}]).tokens)
+        >>> tokenizer.decode(  # doctest: +SKIP
+        ...     r.build_generation_prompt([{"role": "user", "content": "Hi"}]).tokens)
         '<|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\nHi<|eot_id|>...'
     """
 

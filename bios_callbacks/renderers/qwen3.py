@@ -67,8 +67,8 @@ class Qwen3Renderer(ChatMLRenderer):
 
     Example:
         >>> r = get_renderer("qwen3", tokenizer)  # doctest: +SKIP
-        >>> reply = tokenizer.encode("<think>\\nhm\\n</think>\\n\\n4<|im_end|>")
-        >>> r.parse_response(reply)[0]["content"]
+        >>> reply = tokenizer.encode("<think>\\nhm\\n</think>\\n\\n4<|im_end|>")  # doctest: +SKIP
+        >>> r.parse_response(reply)[0]["content"]  # doctest: +SKIP
         [{'type': 'thinking', 'thinking': 'hm'}, {'type': 'text', 'text': '4'}]
     """
 

@@ -26,7 +26,8 @@ class RoleColonRenderer(Renderer):
 
     Example:
         >>> r = RoleColonRenderer(tokenizer)  # doctest: +SKIP
-        >>> tokenizer.decode(r.build_generation_prompt([{"role": "user", "content": "Hi"}]).tokens)
+        >>> tokenizer.decode(  # doctest: +SKIP
+        ...     r.build_generation_prompt([{"role": "user", "content": "Hi"}]).tokens)
         'User: Hi\\n\\nAssistant:'
     """
 

@@ -13,7 +13,7 @@ warning names the unscored samples and why.
 
 Example:
     >>> results = await run_tasks([task], model, log_dir="runs/x/inspect_logs")  # doctest: +SKIP
-    >>> results[0].metrics
+    >>> results[0].metrics  # doctest: +SKIP
     {'capitals/match/accuracy': 1.0, 'capitals/match/stderr': 0.0, 'capitals/match/scored': 8.0,
      'capitals/match/unscored': 0.0}
 """

@@ -7,6 +7,12 @@ A task is named one of three ways:
 - `path/to/file.py@task_name` (or `file.py` holding a single task);
 - `package.module:task_name`.
 
+Hugging Face datasets (`hf_dataset`, as the standard benchmarks use) are read from the local
+Hugging Face datasets cache when the hub is unreachable or `HF_HUB_OFFLINE=1` is set; a dataset
+missing there stops the run at once (no retries) with a `HubDatasetUnavailableError` naming the
+dataset and how to fill the cache. A benchmark's missing Python package is a
+`TaskDependencyError` naming the package and the install command.
+
 Example:
     >>> from bios_callbacks.eval.inspect_tasks import resolve_task
     >>> task = resolve_task("examples/offline_inspect_eval.py@capitals")  # doctest: +SKIP
@@ -18,9 +24,10 @@ import contextlib
 import functools
 import importlib
 import importlib.util
-import inspect
 import os
+import re
 import socket
+import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,11 +52,26 @@ class HubDatasetUnavailableError(RuntimeError):
     """A task needs a Hugging Face dataset that is neither cached nor reachable."""
 
 
+class TaskDependencyError(RuntimeError):
+    """A task needs a Python package that is not installed."""
+
+
+# Packages of the standard benchmarks that the inspect-evals extra installs.
+_EXTRA_PACKAGES = {
+    "instruction_following_eval": "git+https://github.com/josejg/instruction_following_eval",
+    "langdetect": "langdetect",
+}
+# inspect_evals' require_optional_dependency message.
+_OPTIONAL_DEPENDENCY = re.compile(r"To use (\S+), please install .*?`pip install ([^`]+)`")
+
+
 def resolve_task(spec: str | Task | Callable[[], Task]) -> Task:
     """The `Task` for a task name, a `Task`, or a zero-argument task function.
 
-    Raises `TaskNotFoundError` naming the bad name and how tasks are named, and
-    `HubDatasetUnavailableError` at once when the task's dataset needs an unreachable hub.
+    Raises `TaskNotFoundError` naming the bad name and how tasks are named,
+    `HubDatasetUnavailableError` at once when the task's dataset is neither in the local
+    Hugging Face cache nor reachable, and `TaskDependencyError` when the task needs a package
+    that is not installed.
 
     Example:
         >>> resolve_task("no_such_task")
@@ -60,7 +82,7 @@ def resolve_task(spec: str | Task | Callable[[], Task]) -> Task:
     if isinstance(spec, Task):
         return spec
     label = spec if isinstance(spec, str) else getattr(spec, "__name__", repr(spec))
-    with hub_guard(label):
+    with hub_guard(label), dependency_guard(label):
         if callable(spec):
             return _as_task(spec(), label)
         if "@" in spec or spec.endswith(".py"):
@@ -153,57 +175,139 @@ def hub_reachable() -> bool:
 
 
 @contextlib.contextmanager
-def hub_guard(task_label: str) -> Iterator[None]:
-    """Makes a hub dataset load fail at once, naming the dataset, when the hub is unreachable.
+def dependency_guard(task_label: str) -> Iterator[None]:
+    """Turns a task's missing-package error into a `TaskDependencyError` with the install line.
 
-    Inspect's `hf_dataset` reads its on-disk cache first; only a cache miss reaches the hub,
-    where Inspect would otherwise retry for minutes.
+    Catches inspect_evals' optional-dependency message (an `AssertionError`) and a
+    `ModuleNotFoundError` raised while the task is made.
     """
-    from inspect_ai.dataset._sources import hf as inspect_hf
-
-    original = inspect_hf._call_with_hf_retry
-
-    def refuse(load: Callable[[], Any]) -> Any:
-        dataset = inspect.getclosurevars(load).nonlocals.get("path", "?")
-        raise HubDatasetUnavailableError(_offline_message(task_label, dataset))
-
-    reachable = hub_reachable()
-    if not reachable:
-        inspect_hf._call_with_hf_retry = refuse
     try:
         yield
-    except HubDatasetUnavailableError:
-        raise
+    except ModuleNotFoundError as error:
+        if not error.name:
+            raise
+        raise TaskDependencyError(_dependency_message(task_label, error.name)) from error
+    except AssertionError as error:
+        found = _OPTIONAL_DEPENDENCY.search(str(error))
+        if found is None:
+            raise
+        module, pip_target = found.groups()
+        raise TaskDependencyError(_dependency_message(task_label, module, pip_target)) from error
+
+
+def _dependency_message(task_label: str, module: str, pip_target: str | None = None) -> str:
+    package = module.split(".")[0]
+    message = f"Task {task_label!r} needs the Python package {package!r}, which is not installed."
+    if package in _EXTRA_PACKAGES:
+        return (
+            f"{message} Install the inspect-evals extra, which includes it: "
+            f"pip install 'bios-callbacks[inspect-evals]' (or only this package: "
+            f"pip install '{_EXTRA_PACKAGES[package]}')."
+        )
+    target = pip_target or package
+    if target.startswith("https://github.com/"):  # inspect_evals names repositories bare
+        target = "git+" + target
+    return f"{message} Install it: pip install '{target}'."
+
+
+@contextlib.contextmanager
+def hub_guard(task_label: str) -> Iterator[None]:
+    """Loads Hugging Face datasets from the local cache only, and at once, when the hub is
+    unreachable; a dataset missing there is a `HubDatasetUnavailableError` naming it.
+
+    Without the hub, Inspect's and inspect_evals' loaders would retry for minutes, and the
+    Hugging Face libraries would wait on the network unless `HF_HUB_OFFLINE=1` was set.
+    """
+    if hub_reachable():
+        yield
+        return
+    from inspect_ai.dataset._sources import hf as inspect_hf
+
+    retrying = inspect_hf._call_with_hf_retry
+    inspect_hf._call_with_hf_retry = lambda load: load()  # once: retrying cannot help
+    try:
+        with _hub_offline_mode():
+            yield
     except Exception as error:
-        dataset = _hf_dataset_in_traceback(error)
-        if dataset is None or reachable:
+        request = _hf_dataset_request(error)
+        if request is None or not _is_cache_miss(error):
             raise
         raise HubDatasetUnavailableError(
-            _offline_message(task_label, dataset) + f"\nCause: {error}"
+            _offline_message(task_label, request) + f"\nCause: {error}"
         ) from error
     finally:
-        inspect_hf._call_with_hf_retry = original
+        inspect_hf._call_with_hf_retry = retrying
 
 
-def _hf_dataset_in_traceback(error: BaseException) -> str | None:
-    """The dataset path if `error` was raised while Inspect's `hf_dataset` was loading it."""
+@contextlib.contextmanager
+def _hub_offline_mode() -> Iterator[None]:
+    """The Hugging Face libraries in offline mode, as if HF_HUB_OFFLINE=1 had been set.
+
+    They read that variable once, when imported; this sets what they read it into.
+    """
+    from huggingface_hub import constants
+
+    hub_before = constants.HF_HUB_OFFLINE
+    datasets_config = sys.modules.get("datasets.config")
+    datasets_before = getattr(datasets_config, "HF_HUB_OFFLINE", hub_before)
+    constants.HF_HUB_OFFLINE = True
+    if datasets_config is not None:
+        datasets_config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = hub_before
+        datasets_config = sys.modules.get("datasets.config")  # maybe imported meanwhile
+        if datasets_config is not None:
+            datasets_config.HF_HUB_OFFLINE = datasets_before
+
+
+def _hf_dataset_request(error: BaseException) -> dict[str, Any] | None:
+    """What Inspect's `hf_dataset` was loading when `error` was raised (path, name, split,
+    revision), or None when it was raised elsewhere."""
     for frame, _ in traceback.walk_tb(error.__traceback__):
         code = frame.f_code
         if code.co_name == "hf_dataset" and code.co_filename.endswith(
             os.path.join("_sources", "hf.py")
         ):
-            return str(frame.f_locals.get("path"))
+            return {key: frame.f_locals.get(key) for key in ("path", "name", "split", "revision")}
     return None
 
 
-def _offline_message(task_label: str, dataset: str) -> str:
-    from inspect_ai._util.appdirs import inspect_cache_dir
+def _is_cache_miss(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) says the dataset is not in the local cache."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ConnectionError | FileNotFoundError) or type(seen).__name__ in {
+            "OfflineModeIsEnabled",
+            "LocalEntryNotFoundError",
+        }:
+            return True
+        if isinstance(seen, ValueError) and "Couldn't find cache" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
-    cache = inspect_cache_dir("hf_datasets")
+
+def _offline_message(task_label: str, request: dict[str, Any]) -> str:
+    dataset = request["path"]
+    arguments = [repr(dataset)] + ([repr(request["name"])] if request["name"] else [])
+    arguments += [f"{key}={request[key]!r}" for key in ("split", "revision") if request[key]]
+    load = f"load_dataset({', '.join(arguments)})"
     return (
-        f"Task {task_label!r} needs the Hugging Face dataset {dataset!r}, which is not in "
-        "Inspect's dataset cache, and the Hugging Face hub is unreachable. To run offline: "
-        "on a machine with hub access, `pip install datasets` and run the task once (or load "
-        f"the dataset with inspect_ai.dataset.hf_dataset) to fill {cache} "
-        "and the Hugging Face cache, copy both caches here, then set HF_HUB_OFFLINE=1."
+        f"Task {task_label!r} needs the Hugging Face dataset {dataset!r}, which is not in the "
+        f"local Hugging Face datasets cache ({_datasets_cache()}), and the hub is unreachable "
+        "(or HF_HUB_OFFLINE=1 is set). To run it offline: on a machine with internet and the "
+        f'same `datasets` version, run  python -c "from datasets import load_dataset; {load}"  '
+        "then copy that machine's ~/.cache/huggingface/datasets into the cache above (or point "
+        "HF_DATASETS_CACHE, or HF_HOME, at the copy) and run with HF_HUB_OFFLINE=1."
     )
+
+
+def _datasets_cache() -> str:
+    """Where `datasets` reads its cache (it is imported by the time a load has failed)."""
+    datasets_config = sys.modules.get("datasets.config")
+    if datasets_config is not None:
+        return str(datasets_config.HF_DATASETS_CACHE)
+    home = os.environ.get("HF_HOME", os.path.join("~", ".cache", "huggingface"))
+    return os.environ.get("HF_DATASETS_CACHE", os.path.join(home, "datasets"))

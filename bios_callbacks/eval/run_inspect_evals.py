@@ -185,8 +185,8 @@ def base_model_results_dir(model_name: str) -> Path:
     """Where a base model's results go: under the checkpoint root, never the working directory.
 
     Example:
-        >>> base_model_results_dir("HuggingFaceTB/SmolLM2-135M-Instruct").as_posix()
-        'runs/base_model_evals/HuggingFaceTB--SmolLM2-135M-Instruct'
+        >>> base_model_results_dir("HuggingFaceTB/SmolLM2-135M-Instruct").parts[-2:]
+        ('base_model_evals', 'HuggingFaceTB--SmolLM2-135M-Instruct')
     """
     from bios_callbacks.checkpoints import checkpoint_root
 

@@ -28,6 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.sampling
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m bench.inspect_throughput
 	$(BIN)/python -m bench.callback_overhead
 

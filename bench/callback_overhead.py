@@ -67,8 +67,13 @@ class TimedEvalCallback(EvalCallback):
 def run(tokenizer, steps: int, attached: bool) -> list[float]:
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=8192, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        vocab_size=8192,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
     )
     data = [torch.randint(100, 5000, (32,)) for _ in range(steps * 4)]
     clock = StepClock()
@@ -78,8 +83,14 @@ def run(tokenizer, steps: int, attached: bool) -> list[float]:
         callbacks.append(TimedEvalCallback([builder], eval_every=10**9, progress=False))
     with tempfile.TemporaryDirectory() as run_dir:  # the callback's eval_results.jsonl
         trainer = pl.Trainer(
-            accelerator="cpu", devices=1, max_steps=steps, logger=False, callbacks=callbacks,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            accelerator="cpu",
+            devices=1,
+            max_steps=steps,
+            logger=False,
+            callbacks=callbacks,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
             default_root_dir=run_dir,
         )
         trainer.fit(TinyLM(LlamaForCausalLM(config), tokenizer), DataLoader(data, batch_size=4))

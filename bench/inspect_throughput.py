@@ -68,13 +68,23 @@ def static_batch_bound(lengths: list[int], batch: int) -> float:
 def main(n: int = 64, rounds: int = 3, max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
     config = GenerateConfig(temperature=0.0, max_tokens=max_tokens, max_connections=IN_FLIGHT)
     client = ServiceClient(max_batch_size=IN_FLIGHT).create_sampling_client(
-        base_model=EMBEDDED_MODEL)
+        base_model=EMBEDDED_MODEL
+    )
     providers = {
-        "bios/": Model(InspectAPIFromBiosSampling(renderer_name="chatml",
-                                                  model_name=EMBEDDED_MODEL,
-                                                  sampling_client=client), config),
-        "hf/": get_model("hf/smollm2", config=config, model_path=str(ensure_embedded_cache()),
-                         device="cpu", do_sample=False, memoize=False),
+        "bios/": Model(
+            InspectAPIFromBiosSampling(
+                renderer_name="chatml", model_name=EMBEDDED_MODEL, sampling_client=client
+            ),
+            config,
+        ),
+        "hf/": get_model(
+            "hf/smollm2",
+            config=config,
+            model_path=str(ensure_embedded_cache()),
+            device="cpu",
+            do_sample=False,
+            memoize=False,
+        ),
     }
     rates: dict[str, list[float]] = {name: [] for name in providers}
     for model in providers.values():
@@ -89,11 +99,15 @@ def main(n: int = 64, rounds: int = 3, max_tokens: int = DEFAULT_MAX_TOKENS) -> 
     for name, values in rates.items():
         runs = ", ".join(f"{v:.2f}" for v in values)
         print(f"{name:<6} provider: {median[name]:.2f} samples/s (median of {runs})")
-    print(f"ratio: {median['bios/'] / median['hf/']:.2f}x  (target >= 2x; {n} samples, "
-          f"max_tokens={max_tokens}, {IN_FLIGHT} in flight)")
+    print(
+        f"ratio: {median['bios/'] / median['hf/']:.2f}x  (target >= 2x; {n} samples, "
+        f"max_tokens={max_tokens}, {IN_FLIGHT} in flight)"
+    )
     answers = lengths["bios/"]  # hf/ reports its padded batch length for every sample
-    print(f"static-batch bound: {static_batch_bound(answers, IN_FLIGHT):.2f}x  (answers of "
-          f"{min(answers)}-{max(answers)} tokens, mean {statistics.mean(answers):.0f})")
+    print(
+        f"static-batch bound: {static_batch_bound(answers, IN_FLIGHT):.2f}x  (answers of "
+        f"{min(answers)}-{max(answers)} tokens, mean {statistics.mean(answers):.0f})"
+    )
 
 
 if __name__ == "__main__":

@@ -29,17 +29,44 @@ from bios_callbacks.models.tokens import pad_token_id
 from bios_callbacks.sampling.client import SamplingClient
 
 TOPICS = [
-    "the ocean", "a lighthouse keeper", "volcanoes", "the history of bread", "a lost robot",
-    "winter in a city", "honeybees", "the first bicycle", "a chess tournament", "rainforests",
-    "a library at night", "the moon landing", "a mountain village", "clockmakers", "deserts",
-    "an old sailing ship", "thunderstorms", "a jazz musician", "glaciers", "a bakery",
-    "the printing press", "a garden in spring", "owls", "a train journey", "coral reefs",
-    "a detective", "the northern lights", "kites", "a marathon runner", "ancient Rome",
-    "a space station", "autumn leaves",
+    "the ocean",
+    "a lighthouse keeper",
+    "volcanoes",
+    "the history of bread",
+    "a lost robot",
+    "winter in a city",
+    "honeybees",
+    "the first bicycle",
+    "a chess tournament",
+    "rainforests",
+    "a library at night",
+    "the moon landing",
+    "a mountain village",
+    "clockmakers",
+    "deserts",
+    "an old sailing ship",
+    "thunderstorms",
+    "a jazz musician",
+    "glaciers",
+    "a bakery",
+    "the printing press",
+    "a garden in spring",
+    "owls",
+    "a train journey",
+    "coral reefs",
+    "a detective",
+    "the northern lights",
+    "kites",
+    "a marathon runner",
+    "ancient Rome",
+    "a space station",
+    "autumn leaves",
 ]
 VARIED_LENGTHS = [8, 16, 32, 64, 128]
-FEW_SHOT = ("Answer with the capital city only.\nQ: France\nA: Paris\nQ: Japan\nA: Tokyo\n"
-            "Q: Kenya\nA: Nairobi\nQ: Peru\nA: Lima\nQ: Canada\nA: Ottawa\nQ: ")
+FEW_SHOT = (
+    "Answer with the capital city only.\nQ: France\nA: Paris\nQ: Japan\nA: Tokyo\n"
+    "Q: Kenya\nA: Nairobi\nQ: Peru\nA: Lima\nQ: Canada\nA: Ottawa\nQ: "
+)
 COUNTRIES = ["Italy", "Spain", "Egypt", "Chile", "India", "Norway", "Ghana", "Cuba"]
 
 
@@ -48,7 +75,9 @@ def prompts(tokenizer, count: int) -> list[list[int]]:
     return [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": f"Write a long, detailed story about {topic}."}],
-            add_generation_prompt=True, tokenize=True, return_dict=False,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
         )
         for topic in (TOPICS * (count // len(TOPICS) + 1))[:count]
     ]
@@ -70,8 +99,10 @@ def run_sequential(client, batch, limits) -> tuple[int, float]:
 
 def run_concurrent(client, batch, limits) -> tuple[int, float]:
     async def go():
-        calls = [client.sample_async(p, 1, types.SamplingParams(max_tokens=n, temperature=0.0))
-                 for p, n in zip(batch, limits, strict=True)]
+        calls = [
+            client.sample_async(p, 1, types.SamplingParams(max_tokens=n, temperature=0.0))
+            for p, n in zip(batch, limits, strict=True)
+        ]
         return sum(len(r.sequences[0].tokens) for r in await asyncio.gather(*calls))
 
     start = time.perf_counter()
@@ -87,8 +118,13 @@ def run_static(model, tokenizer, batch, limits) -> tuple[int, float]:
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
     start = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(limits),
-                             do_sample=False, pad_token_id=pad)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max(limits),
+            do_sample=False,
+            pad_token_id=pad,
+        )
     elapsed = time.perf_counter() - start
     eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
     tokens = 0
@@ -103,9 +139,12 @@ def run_generate_batch(model, tokenizer, batch, limit) -> tuple[int, float]:
     """transformers' own continuous batching (`generate_batch`), for comparison."""
     from transformers import GenerationConfig
 
-    config = GenerationConfig(max_new_tokens=limit, do_sample=False,
-                              eos_token_id=tokenizer.eos_token_id,
-                              pad_token_id=tokenizer.pad_token_id)
+    config = GenerationConfig(
+        max_new_tokens=limit,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     with torch.no_grad():
         model.generate_batch(inputs=batch[:2], generation_config=config)  # warm-up
         start = time.perf_counter()
@@ -130,8 +169,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32, help="prompts in the largest batch")
     parser.add_argument("--sequential", type=int, default=8, help="prompts run one at a time")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per equal request")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="alternating runs of the largest concurrent batch and the padded call")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="alternating runs of the largest concurrent batch and the padded call",
+    )
     args = parser.parse_args()
 
     model, tokenizer = load_model(EMBEDDED_MODEL)
@@ -145,13 +188,21 @@ def main() -> None:
             limits = [args.max_tokens] * len(batch)
         else:
             limits = [VARIED_LENGTHS[i % len(VARIED_LENGTHS)] for i in range(len(batch))]
-        rows = [(f"sequential x{args.sequential}",
-                 run_sequential(client, batch[: args.sequential], limits[: args.sequential]))]
+        rows = [
+            (
+                f"sequential x{args.sequential}",
+                run_sequential(client, batch[: args.sequential], limits[: args.sequential]),
+            )
+        ]
         for n in sorted({n for n in (8, 16) if n < args.prompts}):
             rows.append((f"concurrent x{n}", run_concurrent(client, batch[:n], limits[:n])))
         if workload == "equal":
-            rows.append((f"generate_batch x{len(batch)}",
-                         run_generate_batch(model, tokenizer, batch, args.max_tokens)))
+            rows.append(
+                (
+                    f"generate_batch x{len(batch)}",
+                    run_generate_batch(model, tokenizer, batch, args.max_tokens),
+                )
+            )
         # The headline pair runs alternately, `repeats` times each; each keeps its median run.
         ours, padded = [], []
         for _ in range(args.repeats):
@@ -165,8 +216,10 @@ def main() -> None:
         print(f"| {'run':<24} | tokens | seconds | tokens/s | vs sequential | vs padded |")
         print(f"|{'-' * 26}|--------|---------|----------|---------------|-----------|")
         for name, (tokens, seconds) in rows:
-            print(f"| {name:<24} | {tokens:6d} | {seconds:7.1f} | {rate[name]:8.1f} "
-                  f"| {rate[name] / base:12.2f}x | {rate[name] / static:8.2f}x |")
+            print(
+                f"| {name:<24} | {tokens:6d} | {seconds:7.1f} | {rate[name]:8.1f} "
+                f"| {rate[name] / base:12.2f}x | {rate[name] / static:8.2f}x |"
+            )
     client.close()
     compare_prefix_caching(model, tokenizer, args.prompts, args.repeats)
     compare_bfloat16(tokenizer, batch, [args.max_tokens] * len(batch), model)
@@ -178,14 +231,20 @@ def compare_prefix_caching(model, tokenizer, count: int, repeats: int) -> None:
     batch = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": FEW_SHOT + country + "\nA:"}],
-            add_generation_prompt=True, tokenize=True, return_dict=False)
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
         for country in (COUNTRIES * (count // len(COUNTRIES) + 1))[:count]
     ]
     limits = [8] * len(batch)
     waves = [slice(start, start + 8) for start in range(0, len(batch), 8)]
-    clients = {caching: SamplingClient.from_module(model, tokenizer, max_batch_size=len(batch),
-                                                   prefix_caching=caching)
-               for caching in (True, False)}
+    clients = {
+        caching: SamplingClient.from_module(
+            model, tokenizer, max_batch_size=len(batch), prefix_caching=caching
+        )
+        for caching in (True, False)
+    }
     runs: dict[bool, list[tuple[int, float]]] = {True: [], False: []}
     for _ in range(repeats):
         for caching, client in clients.items():
@@ -193,11 +252,15 @@ def compare_prefix_caching(model, tokenizer, count: int, repeats: int) -> None:
             runs[caching].append((sum(r[0] for r in results), sum(r[1] for r in results)))
     for client in clients.values():
         client.close()
-    rate = {caching: tokens / seconds for caching, (tokens, seconds)
-            in ((c, _median_run(r)) for c, r in runs.items())}
+    rate = {
+        caching: tokens / seconds
+        for caching, (tokens, seconds) in ((c, _median_run(r)) for c, r in runs.items())
+    }
     shared = next(i for i, (a, b) in enumerate(zip(*batch[:2], strict=False)) if a != b)
-    print(f"\nfew-shot prompts ({len(batch[0])} tokens, {shared} shared), 8 new tokens, "
-          f"{len(batch)} requests in waves of 8:")
+    print(
+        f"\nfew-shot prompts ({len(batch[0])} tokens, {shared} shared), 8 new tokens, "
+        f"{len(batch)} requests in waves of 8:"
+    )
     print(f"  prefix caching off {rate[False]:7.1f} tokens/s")
     print(f"  prefix caching on  {rate[True]:7.1f} tokens/s  {rate[True] / rate[False]:.2f}x")
 
@@ -214,14 +277,16 @@ def compare_bfloat16(tokenizer, batch, limits, model_fp32) -> None:
     }
     rates = {}
     for name, (model, compute_dtype) in variants.items():
-        with SamplingClient.from_module(model, tokenizer, max_batch_size=len(batch),
-                                        compute_dtype=compute_dtype) as client:
+        with SamplingClient.from_module(
+            model, tokenizer, max_batch_size=len(batch), compute_dtype=compute_dtype
+        ) as client:
             run_concurrent(client, batch, limits)  # warm-up, incl. autocast's weight casts
             tokens, seconds = run_concurrent(client, batch, limits)
         rates[name] = tokens / seconds
     print(f"\ndtypes, concurrent x{len(batch)}:")
     for name, rate in rates.items():
         print(f"  {name:<18} {rate:7.1f} tokens/s  {rate / rates['float32']:.2f}x")
+
 
 if __name__ == "__main__":
     main()

@@ -26,8 +26,17 @@ def nll_builder(examples=HELD_OUT, **kwargs):
     return functools.partial(NLLEvaluator, examples, **kwargs)
 
 
-def fit(tmp_path, tiny_model, tokenizer, callback, *, max_steps, extra_callbacks=(),
-        ckpt_path=None, **kwargs):
+def fit(
+    tmp_path,
+    tiny_model,
+    tokenizer,
+    callback,
+    *,
+    max_steps,
+    extra_callbacks=(),
+    ckpt_path=None,
+    **kwargs,
+):
     module = TinyLM(tiny_model, tokenizer)
     trainer = make_trainer(tmp_path, [callback, *extra_callbacks], max_steps=max_steps, **kwargs)
     trainer.fit(module, token_loader(), ckpt_path=ckpt_path)
@@ -81,8 +90,14 @@ def test_resume_mid_run_neither_repeats_nor_restarts(tmp_path, tiny_model, token
     ckpt = next(p for p in (tmp_path / "ckpt").iterdir() if "step=4" in p.name)
 
     second = EvalCallback(evaluator_builders=[nll_builder()], eval_every=2)
-    resumed, _ = fit(tmp_path / "b", make_tiny_model(tokenizer, seed=1), tokenizer, second,
-                     max_steps=7, ckpt_path=str(ckpt))
+    resumed, _ = fit(
+        tmp_path / "b",
+        make_tiny_model(tokenizer, seed=1),
+        tokenizer,
+        second,
+        max_steps=7,
+        ckpt_path=str(ckpt),
+    )
     assert steps(resumed.log_dir, "eval/nll/loss") == [6, 7]
 
 
@@ -186,8 +201,10 @@ def test_results_file_checkpoints_and_monitor(tmp_path, tiny_model, tokenizer):
     # each checkpoint is ranked by the loss of its own step, not the previous round's
     losses = dict(scalars(trainer.log_dir)["eval/nll/loss"])
     ranked = {Path(k).name: v.item() for k, v in checkpoints.best_k_models.items()}
-    assert ranked == {"epoch=0-step=3.ckpt": pytest.approx(losses[3]),
-                      "epoch=0-step=6.ckpt": pytest.approx(losses[6])}
+    assert ranked == {
+        "epoch=0-step=3.ckpt": pytest.approx(losses[3]),
+        "epoch=0-step=6.ckpt": pytest.approx(losses[6]),
+    }
     assert "eval/nll/loss" in trainer.callback_metrics
 
 

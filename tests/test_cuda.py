@@ -48,13 +48,12 @@ def test_greedy_tokens_are_the_cpu_models_argmax(cuda_model, tokenizer):
     for prompt, response in zip(prompts, responses, strict=True):
         seq = response.sequences[0]
         with torch.no_grad():
-            logits = cpu_model(torch.tensor([prompt + seq.tokens])).logits[0, len(prompt) - 1:-1]
+            logits = cpu_model(torch.tensor([prompt + seq.tokens])).logits[0, len(prompt) - 1 : -1]
         chosen = logits.gather(1, torch.tensor(seq.tokens)[:, None])[:, 0]
         # Each token is the CPU model's best choice, up to rounding between the devices.
         assert bool((chosen >= logits.max(dim=-1).values - 1e-3).all())
         expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(seq.tokens)[:, None])
-        torch.testing.assert_close(torch.tensor(seq.logprobs), expected[:, 0], atol=1e-3,
-                                   rtol=1e-3)
+        torch.testing.assert_close(torch.tensor(seq.logprobs), expected[:, 0], atol=1e-3, rtol=1e-3)
 
 
 def test_seeded_sampling_reproduces_on_cuda(cuda_model, tokenizer):
@@ -71,8 +70,7 @@ def test_bfloat16_autocast_decodes_on_cuda(cuda_model, tokenizer):
     seen: list[torch.dtype] = []
     cuda_model.lm_head.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
     params = types.SamplingParams(max_tokens=6, temperature=0.0)
-    with SamplingClient.from_module(cuda_model, tokenizer,
-                                    compute_dtype=torch.bfloat16) as client:
+    with SamplingClient.from_module(cuda_model, tokenizer, compute_dtype=torch.bfloat16) as client:
         seq = client.sample(_prompts(tokenizer, 1)[0], 1, params).sequences[0]
     assert len(seq.tokens) == 6 and seen and set(seen) == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in cuda_model.parameters())
@@ -86,10 +84,12 @@ def test_eval_callback_on_a_gpu_trainer(tmp_path, tiny_model, tokenizer):
     ]
     eval_devices: set[str] = set()
     tiny_model.lm_head.register_forward_hook(
-        lambda m, a, out: None if torch.is_grad_enabled() else eval_devices.add(out.device.type))
+        lambda m, a, out: None if torch.is_grad_enabled() else eval_devices.add(out.device.type)
+    )
     module = TinyLM(tiny_model, tokenizer)
-    trainer = make_trainer(tmp_path, [EvalCallback(builders, eval_every=2)], max_steps=4,
-                           accelerator="gpu")
+    trainer = make_trainer(
+        tmp_path, [EvalCallback(builders, eval_every=2)], max_steps=4, accelerator="gpu"
+    )
     trainer.fit(module, token_loader())
     assert steps(trainer.log_dir, "eval/qa/accuracy") == [0, 2, 4]
     assert steps(trainer.log_dir, "eval/nll/loss") == [0, 2, 4]

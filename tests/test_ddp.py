@@ -25,7 +25,11 @@ def test_every_rank_evaluates_in_step_and_loggers_write_once(tmp_path):
     env.pop("LOCAL_RANK", None)
     done = subprocess.run(
         [sys.executable, __file__, str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
 
@@ -69,9 +73,15 @@ def _run(out_dir: str) -> None:
         eval_every=EVAL_EVERY,
     )
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_steps=MAX_STEPS,
-        logger=TensorBoardLogger(out_dir, name="run"), callbacks=[callback],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_steps=MAX_STEPS,
+        logger=TensorBoardLogger(out_dir, name="run"),
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(TinyLM(make_tiny_model(tokenizer), tokenizer), token_loader())
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("eval/")}

@@ -129,11 +129,14 @@ def test_qa_grader_raising_for_every_item_fails_naming_the_error(tiny_model, tok
     def grader(response, target):
         raise ValueError(f"cannot grade {target}")
 
-    evaluator = QAEvaluator([{"input": "Q?", "target": "x"}], grader, renderer_name="chatml",
-                            max_tokens=2)
+    evaluator = QAEvaluator(
+        [{"input": "Q?", "target": "x"}], grader, renderer_name="chatml", max_tokens=2
+    )
     with (
         SamplingClient.from_module(tiny_model, tokenizer) as client,
-        pytest.raises(RuntimeError, match=r"raised for all 1 items, e\.g\. item 0 .*cannot grade x"),
+        pytest.raises(
+            RuntimeError, match=r"raised for all 1 items, e\.g\. item 0 .*cannot grade x"
+        ),
     ):
         asyncio.run(evaluator(client))
 
@@ -154,8 +157,10 @@ def test_qa_on_the_real_model_knows_capitals(embedded):
         {"input": "What is the capital of Japan?", "output": "Tokyo"},
     ]
     evaluator = QAEvaluator(
-        dataset, lambda response, target: target.lower() in response.lower(),
-        renderer_name="chatml", max_tokens=24,
+        dataset,
+        lambda response, target: target.lower() in response.lower(),
+        renderer_name="chatml",
+        max_tokens=24,
     )
     with SamplingClient.from_module(model, tokenizer) as client:
         assert asyncio.run(evaluator(client)) == {"accuracy": 1.0, "scored": 3.0, "unscored": 0.0}

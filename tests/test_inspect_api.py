@@ -24,8 +24,14 @@ from bios_callbacks.eval.inspect_runner import preserved_terminal
 from bios_callbacks.eval.inspect_utils import InspectAPIFromBiosSampling, to_renderer_messages
 from bios_callbacks.sampling.client import SamplingClient
 
-CAPITALS = {"France": "Paris", "Italy": "Rome", "Germany": "Berlin", "Spain": "Madrid",
-            "Japan": "Tokyo", "England": "London"}
+CAPITALS = {
+    "France": "Paris",
+    "Italy": "Rome",
+    "Germany": "Berlin",
+    "Spain": "Madrid",
+    "Japan": "Tokyo",
+    "England": "London",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -82,24 +88,30 @@ def test_messages_of_every_role_go_through_the_renderer():
 
 
 def test_max_tokens_num_choices_and_usage(tiny_api):
-    output = generate_once(tiny_api, GenerateConfig(max_tokens=5, num_choices=3, temperature=1.0,
-                                                    seed=3))
+    output = generate_once(
+        tiny_api, GenerateConfig(max_tokens=5, num_choices=3, temperature=1.0, seed=3)
+    )
     assert len(output.choices) == 3
     assert all(c.stop_reason == "max_tokens" for c in output.choices)
-    prompt = tiny_api.renderer.build_generation_prompt([{"role": "user",
-                                                         "content": "Tell me a story."}])
+    prompt = tiny_api.renderer.build_generation_prompt(
+        [{"role": "user", "content": "Tell me a story."}]
+    )
     assert output.usage.input_tokens == prompt.length
     assert output.usage.output_tokens == 15
     assert output.usage.total_tokens == prompt.length + 15
 
 
 def test_seed_and_greedy_are_reproducible(tiny_api):
-    sampled = [generate_once(tiny_api, GenerateConfig(max_tokens=6, temperature=1.0, seed=7,
-                                                      top_k=50, top_p=0.9)).completion
-               for _ in range(2)]
+    sampled = [
+        generate_once(
+            tiny_api, GenerateConfig(max_tokens=6, temperature=1.0, seed=7, top_k=50, top_p=0.9)
+        ).completion
+        for _ in range(2)
+    ]
     assert sampled[0] == sampled[1]
-    other = generate_once(tiny_api, GenerateConfig(max_tokens=6, temperature=1.0, seed=8,
-                                                   top_k=50, top_p=0.9)).completion
+    other = generate_once(
+        tiny_api, GenerateConfig(max_tokens=6, temperature=1.0, seed=8, top_k=50, top_p=0.9)
+    ).completion
     assert other != sampled[0]  # the seed reaches the sampler
     greedy = generate_once(tiny_api, GenerateConfig(max_tokens=6))
     assert greedy.completion == generate_once(tiny_api, GenerateConfig(max_tokens=6)).completion
@@ -117,10 +129,12 @@ def test_stop_seqs_end_generation_and_are_removed(tiny_api):
 def test_logprobs_come_back_per_token(tiny_api):
     output = generate_once(tiny_api, GenerateConfig(max_tokens=4, logprobs=True))
     logprobs = output.choices[0].logprobs.content
-    prompt = tiny_api.renderer.build_generation_prompt([{"role": "user",
-                                                         "content": "Tell me a story."}])
+    prompt = tiny_api.renderer.build_generation_prompt(
+        [{"role": "user", "content": "Tell me a story."}]
+    )
     seq = tiny_api.sampling_client.sample(
-        prompt, 1, tiny_api.sampling_params(GenerateConfig(max_tokens=4))).sequences[0]
+        prompt, 1, tiny_api.sampling_params(GenerateConfig(max_tokens=4))
+    ).sequences[0]
     assert [lp.logprob for lp in logprobs] == pytest.approx(seq.logprobs)
     assert [lp.token for lp in logprobs] == [tiny_api.tokenizer.decode([t]) for t in seq.tokens]
 
@@ -128,12 +142,20 @@ def test_logprobs_come_back_per_token(tiny_api):
 def test_samples_reach_the_client_together(tiny_model, tokenizer, tmp_path):
     client = SamplingClient.from_module(tiny_model, tokenizer)
     counting = InFlight(client)
-    api = InspectAPIFromBiosSampling(renderer_name="chatml", model_name="tiny",
-                                     sampling_client=counting)
-    task = Task(dataset=MemoryDataset([Sample(input=f"Count to {i}") for i in range(12)]),
-                solver=generate(), config=GenerateConfig(max_tokens=4))
-    [log] = eval(task, model=Model(api, GenerateConfig(max_connections=32)),
-                 log_dir=str(tmp_path), display="none")
+    api = InspectAPIFromBiosSampling(
+        renderer_name="chatml", model_name="tiny", sampling_client=counting
+    )
+    task = Task(
+        dataset=MemoryDataset([Sample(input=f"Count to {i}") for i in range(12)]),
+        solver=generate(),
+        config=GenerateConfig(max_tokens=4),
+    )
+    [log] = eval(
+        task,
+        model=Model(api, GenerateConfig(max_connections=32)),
+        log_dir=str(tmp_path),
+        display="none",
+    )
     client.close()
     assert log.status == "success"
     assert counting.peak == 12
@@ -142,10 +164,14 @@ def test_samples_reach_the_client_together(tiny_model, tokenizer, tmp_path):
 def test_default_concurrency_is_the_clients_batch_size(tiny_model, tokenizer, tmp_path):
     client = SamplingClient.from_module(tiny_model, tokenizer, max_batch_size=5)
     counting = InFlight(client)
-    api = InspectAPIFromBiosSampling(renderer_name="chatml", model_name="tiny",
-                                     sampling_client=counting)
-    task = Task(dataset=MemoryDataset([Sample(input=f"Count to {i}") for i in range(12)]),
-                solver=generate(), config=GenerateConfig(max_tokens=4))
+    api = InspectAPIFromBiosSampling(
+        renderer_name="chatml", model_name="tiny", sampling_client=counting
+    )
+    task = Task(
+        dataset=MemoryDataset([Sample(input=f"Count to {i}") for i in range(12)]),
+        solver=generate(),
+        config=GenerateConfig(max_tokens=4),
+    )
     config = GenerateConfig(adaptive_connections=False)  # else Inspect sizes it adaptively
     [log] = eval(task, model=Model(api, config), log_dir=str(tmp_path), display="none")
     client.close()
@@ -163,9 +189,14 @@ def test_unknown_model_argument_names_the_valid_ones(tiny_model, tokenizer):
 def test_bios_provider_loads_a_checkpoint_by_path(tiny_model, tokenizer, tmp_path):
     from bios_callbacks.checkpoints import save_checkpoint
 
-    path = save_checkpoint(tmp_path / "ckpt", tiny_model, tokenizer,
-                           base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
-                           renderer_name="chatml", step=3)
+    path = save_checkpoint(
+        tmp_path / "ckpt",
+        tiny_model,
+        tokenizer,
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        renderer_name="chatml",
+        step=3,
+    )
     model = get_model(f"bios/{path}", memoize=False)
     try:
         assert model.api.renderer_name == "chatml"  # from the checkpoint's metadata
@@ -175,8 +206,9 @@ def test_bios_provider_loads_a_checkpoint_by_path(tiny_model, tokenizer, tmp_pat
         model.api.close()
 
     # Inspect's max_connections sizes the batch; -M dtype= picks the weights' dtype
-    model = get_model(f"bios/{path}", config=GenerateConfig(max_connections=5),
-                      dtype="bfloat16", memoize=False)
+    model = get_model(
+        f"bios/{path}", config=GenerateConfig(max_connections=5), dtype="bfloat16", memoize=False
+    )
     try:
         assert model.api.sampling_client.max_batch_size == 5
         assert next(model.api.sampling_client.model.parameters()).dtype == torch.bfloat16
@@ -186,32 +218,46 @@ def test_bios_provider_loads_a_checkpoint_by_path(tiny_model, tokenizer, tmp_pat
 
 def test_response_prefix_is_prefilled_and_returned(tiny_model, tokenizer):
     client = SamplingClient.from_module(tiny_model, tokenizer)
-    api = InspectAPIFromBiosSampling(renderer_name="chatml", model_name="tiny",
-                                     sampling_client=client, response_prefix="GRADE:")
+    api = InspectAPIFromBiosSampling(
+        renderer_name="chatml", model_name="tiny", sampling_client=client, response_prefix="GRADE:"
+    )
     output = generate_once(api, GenerateConfig(max_tokens=3))
-    prompt = api.renderer.build_generation_prompt([{"role": "user",
-                                                    "content": "Tell me a story."}])
+    prompt = api.renderer.build_generation_prompt([{"role": "user", "content": "Tell me a story."}])
     prefix = tokenizer.encode("GRADE:", add_special_tokens=False)
-    continued = client.sample(prompt.from_ints(prompt.to_ints() + prefix), 1,
-                              api.sampling_params(GenerateConfig(max_tokens=3))).sequences[0]
+    continued = client.sample(
+        prompt.from_ints(prompt.to_ints() + prefix),
+        1,
+        api.sampling_params(GenerateConfig(max_tokens=3)),
+    ).sequences[0]
     client.close()
     # the model continues after the prefix, and the reply includes it
-    assert output.completion == "GRADE:" + api.renderer.parse_response(continued.tokens)[0][
-        "content"]
+    assert (
+        output.completion == "GRADE:" + api.renderer.parse_response(continued.tokens)[0]["content"]
+    )
     assert output.usage.input_tokens == prompt.length + len(prefix)
 
 
 @pytest.mark.parametrize("form", ["bios/{path}", "bios{path}"], ids=["bios//abs", "bios/abs"])
-def test_absolute_checkpoint_path_with_or_without_its_leading_slash(form, tiny_model, tokenizer,
-                                                                    tmp_path):
+def test_absolute_checkpoint_path_with_or_without_its_leading_slash(
+    form, tiny_model, tokenizer, tmp_path
+):
     from bios_callbacks.checkpoints import save_checkpoint
 
-    path = save_checkpoint(tmp_path / "ckpt", tiny_model, tokenizer,
-                           base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
-                           renderer_name="chatml", step=3).resolve()
+    path = save_checkpoint(
+        tmp_path / "ckpt",
+        tiny_model,
+        tokenizer,
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        renderer_name="chatml",
+        step=3,
+    ).resolve()
     model = form.format(path=path)  # bios//tmp/.../ckpt or bios/tmp/.../ckpt
-    task = Task(dataset=MemoryDataset([Sample(input=f"Say {i}", target="x") for i in range(2)]),
-                solver=generate(), scorer=includes(), config=GenerateConfig(max_tokens=2))
+    task = Task(
+        dataset=MemoryDataset([Sample(input=f"Say {i}", target="x") for i in range(2)]),
+        solver=generate(),
+        scorer=includes(),
+        config=GenerateConfig(max_tokens=2),
+    )
     [log] = eval(task, model=model, log_dir=str(tmp_path / "logs"), display="none")
     assert log.status == "success", log.error
     assert log.eval.model == model
@@ -219,9 +265,12 @@ def test_absolute_checkpoint_path_with_or_without_its_leading_slash(form, tiny_m
 
 
 def test_a_path_that_exists_neither_way_shows_the_forms_that_work():
-    with pytest.raises(FileNotFoundError, match=r"no model or checkpoint directory "
-                       r"'no/such/ckpt' .* or '/no/such/ckpt'\. .*--model bios/<absolute path> "
-                       r"\(with or without its leading /\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"no model or checkpoint directory "
+        r"'no/such/ckpt' .* or '/no/such/ckpt'\. .*--model bios/<absolute path> "
+        r"\(with or without its leading /\)",
+    ):
         get_model("bios/no/such/ckpt", memoize=False)
 
 
@@ -229,16 +278,28 @@ def test_a_path_that_exists_neither_way_shows_the_forms_that_work():
 def test_embedded_model_knows_capitals(embedded, tmp_path):
     model, tokenizer = embedded
     client = SamplingClient.from_module(model, tokenizer)
-    api = InspectAPIFromBiosSampling(renderer_name="chatml",
-                                     model_name="HuggingFaceTB/SmolLM2-135M-Instruct",
-                                     sampling_client=client)
-    task = Task(
-        dataset=MemoryDataset([Sample(input=f"What is the capital of {c}?", target=city)
-                               for c, city in CAPITALS.items()]),
-        solver=generate(), scorer=includes(), config=GenerateConfig(max_tokens=48),
+    api = InspectAPIFromBiosSampling(
+        renderer_name="chatml",
+        model_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+        sampling_client=client,
     )
-    [log] = eval(task, model=Model(api, GenerateConfig(max_connections=32)),
-                 log_dir=str(tmp_path), display="none")
+    task = Task(
+        dataset=MemoryDataset(
+            [
+                Sample(input=f"What is the capital of {c}?", target=city)
+                for c, city in CAPITALS.items()
+            ]
+        ),
+        solver=generate(),
+        scorer=includes(),
+        config=GenerateConfig(max_tokens=48),
+    )
+    [log] = eval(
+        task,
+        model=Model(api, GenerateConfig(max_connections=32)),
+        log_dir=str(tmp_path),
+        display="none",
+    )
     client.close()
     accuracy = log.results.scores[0].metrics["accuracy"].value
     assert accuracy >= 0.5, [s.output.completion for s in log.samples]
@@ -260,8 +321,10 @@ def test_llm_as_judge_example_grades_every_sample(tmp_path, capsys):
     assert "llm_as_judge/model_graded_qa/accuracy: 0.5\n" in out
     [path] = tmp_path.glob("*.eval")
     log = read_eval_log(str(path))
-    grader_calls = [e for s in log.samples for e in s.events
-                    if e.event == "model" and e.role == "grader"]
+    grader_calls = [
+        e for s in log.samples for e in s.events if e.event == "model" and e.role == "grader"
+    ]
     assert len(grader_calls) == 2
-    assert all(e.config.max_tokens == 4 and e.output.completion.startswith("GRADE: ")
-               for e in grader_calls)
+    assert all(
+        e.config.max_tokens == 4 and e.output.completion.startswith("GRADE: ") for e in grader_calls
+    )

@@ -147,8 +147,15 @@ def test_cli_on_a_base_model_writes_under_the_checkpoint_root(
     tokenizer.save_pretrained(model_dir)
     monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", str(tmp_path / "runs"))
     monkeypatch.chdir(tmp_path)
-    status = main([f"model_name={model_dir}", "renderer_name=chatml", f"tasks={FIXTURE}@echo",
-                   "limit=2", "max_tokens=2"])
+    status = main(
+        [
+            f"model_name={model_dir}",
+            "renderer_name=chatml",
+            f"tasks={FIXTURE}@echo",
+            "limit=2",
+            "max_tokens=2",
+        ]
+    )
     assert status == 0
     results = base_model_results_dir(str(model_dir))
     assert results.parent == tmp_path / "runs" / "base_model_evals"

@@ -19,10 +19,12 @@ SCORING = str(Path(__file__).with_name("inspect_scoring_tasks.py"))
 
 
 @pytest.mark.parametrize("bar", [TQDMProgressBar(), RichProgressBar()], ids=["tqdm", "rich"])
-def test_inline_inspect_rounds_keep_progress_bars_working(bar, tiny_model, tokenizer, tmp_path,
-                                                          capsys):
-    builder = InspectEvaluatorBuilder(tasks=[f"{FIXTURE}@echo"], renderer_name="chatml",
-                                      limit=3, max_tokens=3, log_dir=tmp_path)
+def test_inline_inspect_rounds_keep_progress_bars_working(
+    bar, tiny_model, tokenizer, tmp_path, capsys
+):
+    builder = InspectEvaluatorBuilder(
+        tasks=[f"{FIXTURE}@echo"], renderer_name="chatml", limit=3, max_tokens=3, log_dir=tmp_path
+    )
     callback = EvalCallback(evaluator_builders=[builder], eval_every=2, progress=False)
     trainer = make_trainer(tmp_path, [callback, bar], enable_progress_bar=True, max_steps=4)
     trainer.fit(TinyLM(tiny_model, tokenizer), token_loader(num=8))
@@ -47,14 +49,16 @@ def test_inline_inspect_rounds_keep_progress_bars_working(bar, tiny_model, token
     assert len(rows) == 3
 
 
-def test_unscored_samples_are_counted_and_named(tiny_model, tokenizer, tmp_path, monkeypatch,
-                                                caplog):
+def test_unscored_samples_are_counted_and_named(
+    tiny_model, tokenizer, tmp_path, monkeypatch, caplog
+):
     from bios_callbacks.sampling.client import SamplingClient
 
     monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", str(tmp_path / "runs"))
     monkeypatch.chdir(tmp_path)
-    builder = InspectEvaluatorBuilder(tasks=[f"{SCORING}@half_unscored", f"{SCORING}@judged"],
-                                      renderer_name="chatml")
+    builder = InspectEvaluatorBuilder(
+        tasks=[f"{SCORING}@half_unscored", f"{SCORING}@judged"], renderer_name="chatml"
+    )
     with SamplingClient.from_module(tiny_model, tokenizer) as client:
         metrics = asyncio.run(builder()(client))
 
@@ -66,10 +70,16 @@ def test_unscored_samples_are_counted_and_named(tiny_model, tokenizer, tmp_path,
     assert metrics["judged/model_graded_qa/scored"] == 0
     assert metrics["judged/model_graded_qa/unscored"] == 3
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert any("half_unscored: verdict_on_even_ids scored 2 of 4 samples" in w
-               and "1: no_verdict: the judge said nothing" in w for w in warnings), warnings
-    assert any("judged: model_graded_qa scored 0 of 3 samples" in w
-               and "grader_failed: Grade not found in model output" in w for w in warnings)
+    assert any(
+        "half_unscored: verdict_on_even_ids scored 2 of 4 samples" in w
+        and "1: no_verdict: the judge said nothing" in w
+        for w in warnings
+    ), warnings
+    assert any(
+        "judged: model_graded_qa scored 0 of 3 samples" in w
+        and "grader_failed: Grade not found in model output" in w
+        for w in warnings
+    )
     # outside EvalCallback the Inspect logs go under the checkpoint root, not the cwd
     assert len(list((tmp_path / "runs" / "inspect_logs").glob("*.eval"))) == 2
     assert not (tmp_path / "inspect_logs").exists()

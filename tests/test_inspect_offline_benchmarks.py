@@ -73,8 +73,14 @@ def fill_datasets_cache(cache: Path, repo_id: str, split: str, rows: list[dict])
     work.mkdir(parents=True)
     source = work / f"{split}.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    builder = Json(cache_dir=str(work / "out"), dataset_name=name, config_name="default",
-                   config_id="default", hash="0123abcd", data_files={split: [str(source)]})
+    builder = Json(
+        cache_dir=str(work / "out"),
+        dataset_name=name,
+        config_name="default",
+        config_id="default",
+        hash="0123abcd",
+        data_files={split: [str(source)]},
+    )
     builder.download_and_prepare()
     cache.mkdir(parents=True, exist_ok=True)
     shutil.move(str(work / "out" / name), cache / f"{org}___{name}")
@@ -84,7 +90,10 @@ def fill_datasets_cache(cache: Path, repo_id: str, split: str, rows: list[dict])
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bios_callbacks.eval.run_inspect_evals", *args],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1", **env},
     )
 
@@ -93,8 +102,14 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 def checkpoint(tiny_model, tokenizer, tmp_path):
     from bios_callbacks.checkpoints import save_checkpoint
 
-    return save_checkpoint(tmp_path / "run" / "checkpoints" / "final", tiny_model, tokenizer,
-                           base_model=EMBEDDED_MODEL, renderer_name="chatml", step=1)
+    return save_checkpoint(
+        tmp_path / "run" / "checkpoints" / "final",
+        tiny_model,
+        tokenizer,
+        base_model=EMBEDDED_MODEL,
+        renderer_name="chatml",
+        step=1,
+    )
 
 
 def test_hub_dataset_runs_offline_from_a_filled_cache(checkpoint, tmp_path):
@@ -121,8 +136,10 @@ def test_hub_dataset_runs_offline_from_a_filled_cache(checkpoint, tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert line.startswith(f"error: HubDatasetUnavailableError: Task '{tmp_path}/hub_tasks.py@"
-                           f"tiny_qa' needs the Hugging Face dataset '{DATASET}'")
+    assert line.startswith(
+        f"error: HubDatasetUnavailableError: Task '{tmp_path}/hub_tasks.py@"
+        f"tiny_qa' needs the Hugging Face dataset '{DATASET}'"
+    )
     assert f"({hf_home / 'datasets'})" in line
     assert f"load_dataset('{DATASET}', split='test', revision='{REVISION}')" in line
     assert "HF_HUB_OFFLINE=1" in line
@@ -140,16 +157,21 @@ def test_missing_hub_dataset_names_dataset_config_and_fill_command(offline):
 
 @needs_inspect_evals
 def test_mmlu_without_its_data_fails_at_once_naming_it(offline):
-    with pytest.raises(HubDatasetUnavailableError, match=(
-        r"Task 'inspect_evals/mmlu_0_shot' needs the Hugging Face dataset 'cais/mmlu'.*"
-        r"load_dataset\('cais/mmlu', 'all', split='test', revision='[0-9a-f]{40}'\)"
-    )):
+    with pytest.raises(
+        HubDatasetUnavailableError,
+        match=(
+            r"Task 'inspect_evals/mmlu_0_shot' needs the Hugging Face dataset 'cais/mmlu'.*"
+            r"load_dataset\('cais/mmlu', 'all', split='test', revision='[0-9a-f]{40}'\)"
+        ),
+    ):
         resolve_task("inspect_evals/mmlu_0_shot")
 
 
 @needs_inspect_evals
-@pytest.mark.skipif(importlib.util.find_spec("instruction_following_eval") is not None,
-                    reason="ifeval's package is installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("instruction_following_eval") is not None,
+    reason="ifeval's package is installed",
+)
 def test_ifeval_without_its_package_names_the_install_command():
     with pytest.raises(TaskDependencyError) as caught:
         resolve_task("inspect_evals/ifeval")
@@ -166,8 +188,11 @@ def test_a_task_importing_a_missing_module_names_the_package(tmp_path):
         "from inspect_ai import Task, task\n\n\n@task\ndef uses_pkg():\n"
         "    import no_such_grading_package  # noqa: F401\n    return Task()\n"
     )
-    with pytest.raises(TaskDependencyError, match=(
-        r"needs the Python package 'no_such_grading_package', which is not installed\. "
-        r"Install it: pip install 'no_such_grading_package'\."
-    )):
+    with pytest.raises(
+        TaskDependencyError,
+        match=(
+            r"needs the Python package 'no_such_grading_package', which is not installed\. "
+            r"Install it: pip install 'no_such_grading_package'\."
+        ),
+    ):
         resolve_task(f"{tmp_path}/needs_pkg.py@uses_pkg")

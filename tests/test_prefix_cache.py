@@ -13,21 +13,29 @@ from bios_callbacks.sampling.client import SamplingClient
 from bios_callbacks.sampling.prefix_cache import PrefixCache, SharedPrefix
 
 GREEDY = types.SamplingParams(max_tokens=8, temperature=0.0)
-TEMPLATE = ("You are a careful assistant. Answer the question below in one short sentence, "
-            "and say nothing else.\nQuestion: ")
+TEMPLATE = (
+    "You are a careful assistant. Answer the question below in one short sentence, "
+    "and say nothing else.\nQuestion: "
+)
 
 
 def _prompts(tokenizer, questions) -> list[list[int]]:
     return [tokenizer.encode(TEMPLATE + q) for q in questions]
 
 
-QUESTIONS = ["What is the capital of France?", "How many legs has a spider?",
-             "What colour is grass?", "Who wrote Hamlet?", "Is ice cold?"]
+QUESTIONS = [
+    "What is the capital of France?",
+    "How many legs has a spider?",
+    "What colour is grass?",
+    "Who wrote Hamlet?",
+    "Is ice cold?",
+]
 
 
 def _sample_all(client, prompts, params=GREEDY):
     async def go():
         return await asyncio.gather(*(client.sample_async(p, 1, params) for p in prompts))
+
     return [r.sequences[0] for r in asyncio.run(go())]
 
 
@@ -57,8 +65,9 @@ def test_results_match_prefilling_every_prompt_whole(tiny_model, tokenizer, temp
         results[caching] = first + later
     for cached, whole in zip(results[True], results[False], strict=True):
         assert cached.tokens == whole.tokens
-        torch.testing.assert_close(torch.tensor(cached.logprobs), torch.tensor(whole.logprobs),
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            torch.tensor(cached.logprobs), torch.tensor(whole.logprobs), atol=1e-4, rtol=1e-4
+        )
 
 
 def test_the_shared_prefix_is_prefilled_once(tiny_model, tokenizer):
@@ -90,9 +99,16 @@ def test_a_live_model_never_reuses_a_prefix_across_weight_updates(tiny_model, to
 
 
 def test_sliding_window_models_prefill_whole_prompts(tokenizer):
-    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           sliding_window=8, max_position_embeddings=512)
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+        max_position_embeddings=512,
+    )
     torch.manual_seed(0)
     model = MistralForCausalLM(config).eval()
     prompts = _prompts(tokenizer, QUESTIONS[:3])
@@ -102,7 +118,7 @@ def test_sliding_window_models_prefill_whole_prompts(tokenizer):
     # A cached prefix would leave padding inside the window and change the answers.
     for prompt, seq in zip(prompts, results, strict=True):
         reference = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)
-        assert seq.tokens == reference[0, len(prompt):].tolist()
+        assert seq.tokens == reference[0, len(prompt) :].tolist()
 
 
 def _fake_prefix(tokens: list[int]) -> SharedPrefix:

@@ -13,23 +13,30 @@ pytestmark = pytest.mark.embedded
 
 # The 4-bit 135M model misses some (Italy, Spain); these it knows, as `generate` shows too.
 CAPITALS = {
-    "France": "Paris", "Germany": "Berlin", "Japan": "Tokyo", "the United Kingdom": "London",
+    "France": "Paris",
+    "Germany": "Berlin",
+    "Japan": "Tokyo",
+    "the United Kingdom": "London",
 }
 
 
 def test_capitals_answered_through_the_chat_renderer(embedded):
     model, tokenizer = embedded
     renderer = renderers.get_renderer(name="chatml", tokenizer=tokenizer)
-    params = types.SamplingParams(max_tokens=24, temperature=0.0,
-                                  stop=renderer.get_stop_sequences())
+    params = types.SamplingParams(
+        max_tokens=24, temperature=0.0, stop=renderer.get_stop_sequences()
+    )
 
     async def ask_all():
         with SamplingClient.from_module(model, tokenizer) as client:
             calls = [
                 client.sample_async(
                     prompt=renderer.build_generation_prompt(
-                        [{"role": "user", "content": f"What is the capital of {country}?"}]),
-                    num_samples=1, sampling_params=params)
+                        [{"role": "user", "content": f"What is the capital of {country}?"}]
+                    ),
+                    num_samples=1,
+                    sampling_params=params,
+                )
                 for country in CAPITALS
             ]
             return await asyncio.gather(*calls)
@@ -51,9 +58,11 @@ def test_service_client_in_bfloat16_still_answers():
         assert str(next(client.model.parameters()).dtype) == "torch.bfloat16"
         renderer = renderers.get_renderer(name="chatml", tokenizer=client.tokenizer)
         prompt = renderer.build_generation_prompt(
-            [{"role": "user", "content": "What is the capital of France?"}])
-        params = types.SamplingParams(max_tokens=16, temperature=0.0,
-                                      stop=renderer.get_stop_sequences())
+            [{"role": "user", "content": "What is the capital of France?"}]
+        )
+        params = types.SamplingParams(
+            max_tokens=16, temperature=0.0, stop=renderer.get_stop_sequences()
+        )
         tokens = client.sample(prompt, 1, params).sequences[0].tokens
     assert "Paris" in renderer.parse_response(tokens)[0]["content"]
 

@@ -25,6 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+# Lint, format check, the test suite and the library's doctests (pyproject's testpaths).
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.sampling

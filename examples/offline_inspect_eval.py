@@ -7,10 +7,13 @@ checkpoint can be evaluated on it from the command line:
         model_name=HuggingFaceTB/SmolLM2-135M-Instruct renderer_name=chatml \\
         tasks=examples/offline_inspect_eval.py@capitals
 
-or with Inspect's own CLI:
+(results in `runs/base_model_evals/HuggingFaceTB--SmolLM2-135M-Instruct/`, or in
+`<checkpoint>/evals/` with model_path=...), or with Inspect's own CLI (which logs to `./logs`
+unless given `--log-dir`):
 
     inspect eval examples/offline_inspect_eval.py@capitals \\
-        --model bios/HuggingFaceTB/SmolLM2-135M-Instruct -M renderer_name=chatml
+        --model bios/HuggingFaceTB/SmolLM2-135M-Instruct -M renderer_name=chatml \\
+        --log-dir runs/inspect_logs
 
 Running this file does the same from Python: `python -m examples.offline_inspect_eval`.
 """

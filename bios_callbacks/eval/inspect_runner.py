@@ -159,14 +159,14 @@ def _warn_unscored(
 ) -> None:
     details = [f"{sample_id}: {_shorten(reason)}" for sample_id, reason in reasons.items()]
     details += [f"{sample_id}: failed" for sample_id in errors]
+    counted = f"its metrics count only the {scored} scored" if scored else "it has no metrics"
     logger.warning(
-        "Inspect task %s: %s scored %d of %d samples; its metrics count only the %d scored. "
-        "Unscored: %s",
+        "Inspect task %s: %s scored %d of %d samples; %s. Unscored: %s",
         task,
         scorer,
         scored,
         total,
-        scored,
+        counted,
         "; ".join(details) or "(not listed in the log)",
     )
 

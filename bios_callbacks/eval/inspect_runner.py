@@ -21,11 +21,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +33,8 @@ from inspect_ai.log import EvalLog
 from inspect_ai.model import Model
 from inspect_ai.scorer import CORRECT, INCORRECT, NOANSWER, PARTIAL, value_to_float
 
+from bios_callbacks.eval import inspect_private
+from bios_callbacks.eval.inspect_private import preserved_terminal
 from bios_callbacks.eval.inspect_tasks import task_short_name
 from bios_callbacks.evaluators.base import Transcript
 
@@ -81,7 +82,7 @@ async def run_tasks(
     lock = _EVAL_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
     async with lock:
         with preserved_terminal():
-            _quiet_inspect_display()
+            inspect_private.quiet_display()
             logs = await eval_async(
                 list(tasks),
                 model=model,
@@ -174,38 +175,6 @@ def _warn_unscored(
 def _shorten(text: str, limit: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-@contextlib.contextmanager
-def preserved_terminal() -> Iterator[None]:
-    """Restores Rich's global console and the root logger after Inspect changed them."""
-    import rich
-
-    console = rich.get_console()
-    console_state = dict(console.__dict__)
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    try:
-        yield
-    finally:
-        console.__dict__.clear()
-        console.__dict__.update(console_state)
-        root.setLevel(level)
-        root.handlers[:] = handlers
-
-
-def _quiet_inspect_display() -> None:
-    """No Inspect progress display: the training loop's own bars stay in charge.
-
-    Inspect applies its "none" display by making Rich's global console quiet, but only the
-    first time it sets the console up; `preserved_terminal` undoes that after every run, so
-    the console is made quiet again here for each run.
-    """
-    import rich
-    from inspect_ai.util._display import init_display_type
-
-    init_display_type("none")
-    rich.get_console().quiet = True
 
 
 def _transcript(sample: Any) -> Transcript:

@@ -36,6 +36,8 @@ from urllib.parse import urlparse
 
 from inspect_ai import Task
 
+from bios_callbacks.eval import inspect_private
+
 TASK_NAMING = (
     "Name a task as an Inspect registry name (e.g. inspect_evals/ifeval, after "
     "`pip install 'bios-callbacks[inspect-evals]'`), as path/to/file.py@task_name, "
@@ -104,17 +106,13 @@ def _as_task(obj: Any, label: str) -> Task:
 
 
 def _task_from_file(spec: str) -> Task:
-    from inspect_ai._eval.loader import load_task_spec
-    from inspect_ai._util.decorator import parse_decorators
-    from inspect_ai._util.error import PrerequisiteError
-
     file, _, name = spec.partition("@")
     if not Path(file).is_file():
         raise TaskNotFoundError(f"Unknown task {spec!r}: no file {file!r}. {TASK_NAMING}")
     try:
-        tasks = load_task_spec(spec)
-    except PrerequisiteError as error:
-        defined = [found[0] for found in parse_decorators(Path(file), "task")]
+        tasks = inspect_private.load_task_file(spec)
+    except inspect_private.prerequisite_error() as error:
+        defined = inspect_private.task_names_in_file(Path(file))
         if name in defined:
             raise
         raise TaskNotFoundError(
@@ -144,10 +142,8 @@ def _task_from_module(spec: str) -> Task:
 
 
 def _task_from_registry(name: str) -> Task:
-    from inspect_ai._eval.registry import task_create
-    from inspect_ai._util.registry import registry_lookup
-
-    if registry_lookup("task", name) is None:
+    task = inspect_private.registry_task(name)
+    if task is None:
         package = name.split("/", 1)[0] if "/" in name else None
         hint = ""
         if package and importlib.util.find_spec(package) is None:
@@ -156,7 +152,7 @@ def _task_from_registry(name: str) -> Task:
                 hint += ": pip install 'bios-callbacks[inspect-evals]'"
             hint += "."
         raise TaskNotFoundError(f"Unknown task {name!r}.{hint} {TASK_NAMING}")
-    return task_create(name)
+    return task
 
 
 @functools.cache
@@ -221,12 +217,8 @@ def hub_guard(task_label: str) -> Iterator[None]:
     if hub_reachable():
         yield
         return
-    from inspect_ai.dataset._sources import hf as inspect_hf
-
-    retrying = inspect_hf._call_with_hf_retry
-    inspect_hf._call_with_hf_retry = lambda load: load()  # once: retrying cannot help
     try:
-        with _hub_offline_mode():
+        with inspect_private.hf_loads_once(), _hub_offline_mode():
             yield
     except Exception as error:
         request = _hf_dataset_request(error)
@@ -235,8 +227,6 @@ def hub_guard(task_label: str) -> Iterator[None]:
         raise HubDatasetUnavailableError(
             _offline_message(task_label, request) + f"\nCause: {error}"
         ) from error
-    finally:
-        inspect_hf._call_with_hf_retry = retrying
 
 
 @contextlib.contextmanager
@@ -268,7 +258,7 @@ def _hf_dataset_request(error: BaseException) -> dict[str, Any] | None:
     for frame, _ in traceback.walk_tb(error.__traceback__):
         code = frame.f_code
         if code.co_name == "hf_dataset" and code.co_filename.endswith(
-            os.path.join("_sources", "hf.py")
+            inspect_private.HF_SOURCE_FILE
         ):
             return {key: frame.f_locals.get(key) for key in ("path", "name", "split", "revision")}
     return None

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from inspect_ai._util.registry import RegistryInfo, registry_tag
 from inspect_ai.model import (
     ChatCompletionChoice,
     ChatMessage,
@@ -35,8 +34,8 @@ from inspect_ai.model import (
     ModelOutput,
     ModelUsage,
 )
-from inspect_ai.model._model_info import MODEL_INFO_LOOKUP_API_KEY
 from inspect_ai.tool import ToolChoice, ToolInfo
+from bios_callbacks.eval import inspect_private
 
 from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE
 from bios_callbacks.types import ModelInput, SampledSequence, SamplingParams
@@ -102,7 +101,7 @@ class InspectAPIFromBiosSampling(ModelAPI):
                 "(e.g. -M renderer_name=chatml -M dtype=bfloat16)."
             )
         self._owns_client = sampling_client is None
-        if sampling_client is None and api_key == MODEL_INFO_LOOKUP_API_KEY:
+        if sampling_client is None and api_key == inspect_private.model_info_api_key():
             # Inspect instantiates providers by name just to look up model facts: load nothing.
             self._owns_client = False
             return
@@ -130,12 +129,8 @@ class InspectAPIFromBiosSampling(ModelAPI):
         )
         # Instances made directly (not through `get_model`) still need registry info, which
         # Inspect reads to name the model ("bios/<model_name>") in logs.
-        registry_tag(
-            InspectAPIFromBiosSampling,
-            self,
-            RegistryInfo(type="modelapi", name=REGISTRY_NAME),
-            model_name=model_name,
-            renderer_name=renderer_name,
+        inspect_private.register_model_api(
+            self, REGISTRY_NAME, {"model_name": model_name, "renderer_name": renderer_name}
         )
 
     async def generate(

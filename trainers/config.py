@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import math
 import secrets
 import time
-import types
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from bios_callbacks.checkpoints import checkpoint_dir, checkpoint_root
+from bios_callbacks.key_value import parse_words
 from bios_callbacks.models import EMBEDDED_MODEL
 
 C = TypeVar("C", bound="TrainConfig")
@@ -176,34 +174,6 @@ class TrainConfig:
         return Path(str(self.log_dir))
 
 
-def parse_words(fields: type, argv: Sequence[str]) -> dict[str, Any]:
-    """`key=value` words read as the fields of the dataclass `fields` say (the trainers' and
-    examples' command lines); unknown keys and values that do not fit the type are errors.
-
-    Example:
-        >>> @dataclass
-        ... class Args:
-        ...     steps: int = 20
-        ...     model_path: str | None = None
-        >>> parse_words(Args, ["steps=5", "model_path=bios://run/step_000005"])
-        {'steps': 5, 'model_path': 'bios://run/step_000005'}
-    """
-    keys = [f.name for f in dataclasses.fields(fields)]
-    words: dict[str, str] = {}
-    for word in argv:
-        key, sep, raw = word.partition("=")
-        if not sep or not key:
-            raise ValueError(f"Argument {word!r} is not key=value. Valid keys: {', '.join(keys)}.")
-        words[key] = raw
-    unknown = sorted(set(words) - set(keys))
-    if unknown:
-        raise ValueError(
-            f"Unknown {fields.__name__} key(s) {unknown}. Valid keys: {', '.join(keys)}."
-        )
-    hints = typing.get_type_hints(fields)
-    return {key: _parse_value(key, raw, hints[key]) for key, raw in words.items()}
-
-
 def _check_int(cfg: TrainConfig, name: str, *, minimum: int, hint: str = "") -> None:
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -227,42 +197,6 @@ def resumed_run_dir(resume_from: str) -> Path | None:
     """
     path = checkpoint_dir(resume_from)
     return path.parent.parent if path.parent.name == "checkpoints" else None
-
-
-_NONE_WORDS = ("none", "null")
-_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def _parse_value(key: str, raw: str, hint: Any) -> Any:
-    """Reads a command-line string as the field's type says: strings stay strings (`007`),
-    numbers must parse, lists are comma-separated, `none` is None where the field allows it."""
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    options = typing.get_args(hint) if union else (hint,)
-    if type(None) in options and raw.lower() in _NONE_WORDS:
-        return None
-    kinds = {typing.get_origin(option) or option for option in options}
-    if str in kinds:
-        return raw
-    if list in kinds:
-        return [part for part in raw.split(",") if part]
-    if bool in kinds:
-        if raw.lower() not in _BOOL_WORDS:
-            raise ValueError(f"{key}={raw}: expected true or false.")
-        return _BOOL_WORDS[raw.lower()]
-    if int in kinds:
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError(f"{key}={raw}: expected an integer.") from None
-    if float in kinds:
-        try:
-            number = float(raw)
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number):
-            raise ValueError(f"{key}={raw}: expected a number.")
-        return number
-    return raw
 
 
 def _import_object(spec: str) -> Any:

@@ -4,6 +4,8 @@
     schedule.py        each evaluator list and its pure `due(step, previous)` rule
     round.py           one round: build evaluators, run them concurrently, collect results
     live_clients.py    sampling and training clients over the live module
+    background.py      infrequent rounds on a weight snapshot in a worker thread (async_infrequent)
+    snapshot.py        the one reusable copy of the weights those rounds evaluate
     publish.py         loggers, callback_metrics, transcripts, failure warnings
     transcripts/       transcripts in each logger's form (TensorBoard, W&B, MLflow, CSV)
     results.py         RoundRecord and eval_results.jsonl

@@ -16,17 +16,24 @@ Emit = Callable[[str], None]
 
 
 class RoundConsole:
-    """Prints one round's progress at `step` through `emit` (None: print nothing)."""
+    """Prints one round's progress at `step` through `emit` (None: print nothing); `where`
+    (e.g. "in the background") is added to the start line."""
 
-    def __init__(self, emit: Emit | None, step: int, names: Sequence[str], clients: Any) -> None:
+    def __init__(
+        self, emit: Emit | None, step: int, names: Sequence[str], clients: Any, where: str = ""
+    ) -> None:
         self.emit, self.step, self.clients = emit, step, clients
         self.pending = list(names)
         self.base = clients.sampling_progress()
+        self.where = f" {where}" if where else ""
 
     def started(self, lists: Sequence[str]) -> None:
         if self.emit:
             count = len(self.pending)
-            self.emit(f"[eval] step {self.step}: running {count} evaluator(s) ({', '.join(lists)})")
+            self.emit(
+                f"[eval] step {self.step}: running {count} evaluator(s) ({', '.join(lists)})"
+                f"{self.where}"
+            )
 
     def evaluator_done(self, name: str, seconds: float, values: dict[str, float] | None) -> None:
         self.pending.remove(name)

@@ -10,6 +10,17 @@ of every optimizer, so two optimizers stepping each batch advance it by 2: with
 logged at that step. The schedule is saved in Lightning checkpoints, so a resumed run neither
 repeats nor skips a round.
 
+Background rounds (``async_infrequent=True``). An infrequent round due at step N copies the
+weights (`snapshot.py`) and runs on the copy in a worker thread while training goes on; it is
+logged at step N when it finishes, from the training thread (Lightning loggers are not
+thread-safe), on every logger, once. One round is in flight at a time: when the next is due
+before the last finished, training waits for the last first. Pending rounds finish before any
+checkpoint is saved, before a ``ModelCheckpoint(every_n_train_steps=...)`` reads its monitor,
+at the end of training and when training stops on an error, Ctrl-C or SIGTERM, so every
+checkpoint's schedule state counts exactly the rounds that were logged. A round due at the
+step of such a checkpoint, or at the last step, runs synchronously on the live weights, since
+training would wait for it anyway.
+
 Example:
     >>> from bios_callbacks import EvalCallback
     >>> from bios_callbacks.evaluators import NLLEvaluator
@@ -35,13 +46,14 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from bios_callbacks.callback.background import BackgroundRounds
 from bios_callbacks.callback.console import RoundConsole, printer
 from bios_callbacks.callback.held_out import HookFailure, check_held_out
 from bios_callbacks.callback.lightning_private import step_checkpoint_due
-from bios_callbacks.callback.live_clients import LiveClients, check_module
+from bios_callbacks.callback.live_clients import LiveClients, check_module, check_snapshot_module
 from bios_callbacks.callback.publish import publish, report_failures
 from bios_callbacks.callback.results import ResultsFile, RoundRecord
-from bios_callbacks.callback.round import EvaluatorSlot, name_slots, run_round
+from bios_callbacks.callback.round import EvaluatorSlot, RoundOutcome, name_slots, run_round
 from bios_callbacks.callback.run_sync import run_sync
 from bios_callbacks.callback.schedule import EvaluatorList, check_interval
 from bios_callbacks.evaluators.base import (
@@ -76,12 +88,22 @@ class EvalCallback(Callback):
         sampling_options: keyword arguments for the live sampling client,
             ``SamplingClient.from_module(model, tokenizer, **sampling_options)``, e.g.
             ``{"max_batch_size": 64, "compute_dtype": torch.bfloat16}`` for faster rounds.
+        async_infrequent: run infrequent rounds in the background on a copy of the weights of
+            their step while training goes on (regular rounds stay synchronous). Needs the
+            module's ``model`` + ``tokenizer``. Costs one copy of the trainable weights, made
+            once and refilled for each round (frozen ones, e.g. a LoRA run's base model, are
+            shared), plus the background round's own KV cache.
+        snapshot_device: where that copy lives and the background round computes; None (the
+            default) is the model's own device, so rounds run as fast as synchronous ones;
+            ``"cpu"`` keeps GPU memory free at the price of slower rounds (then frozen weights
+            are copied too).
 
     Logged at step N on every logger: each metric, ``eval/failures`` (count) and
-    ``eval/time_s``. Metrics also land in ``trainer.callback_metrics`` (usable by
+    ``eval/time_s`` (``eval/background_failures`` and ``eval/background_time_s`` for a
+    background round). Metrics also land in ``trainer.callback_metrics`` (usable by
     ``ModelCheckpoint(monitor=...)`` / ``EarlyStopping``), each round is appended to
-    ``<log_dir>/eval_results.jsonl``, and the latest round is stored in every checkpoint
-    under ``checkpoint["eval_results"]``.
+    ``<log_dir>/eval_results.jsonl``, and the newest step's round is stored in every
+    checkpoint under ``checkpoint["eval_results"]``.
 
     Example:
         >>> EvalCallback(evaluator_builders=[my_builder], eval_every=10)  # doctest: +SKIP
@@ -101,6 +123,8 @@ class EvalCallback(Callback):
         progress: bool = True,
         progress_every_s: float = 15.0,
         sampling_options: dict[str, Any] | None = None,
+        async_infrequent: bool = False,
+        snapshot_device: str | torch.device | None = None,
     ):
         self.lists = [
             EvaluatorList(
@@ -132,6 +156,8 @@ class EvalCallback(Callback):
         self.progress = progress
         self.progress_every_s = progress_every_s
         self.sampling_options = _checked_sampling_options(sampling_options or {})
+        self.async_infrequent = async_infrequent
+        self.snapshot_device = _checked_snapshot_device(snapshot_device, async_infrequent)
         self.latest: RoundRecord | None = None
         self._named = False
         self._clients: LiveClients | None = None
@@ -139,6 +165,7 @@ class EvalCallback(Callback):
         self._results: ResultsFile | None = None
         self._held_out_checked = False
         self._hook_failures: list[HookFailure] = []
+        self._background: BackgroundRounds | None = None
 
     @property
     def state_key(self) -> str:
@@ -151,6 +178,11 @@ class EvalCallback(Callback):
     def last_evaluated(self) -> dict[str, int]:
         """Each list's last evaluated step (-1: none yet)."""
         return {evaluators.name: evaluators.last_evaluated for evaluators in self.lists}
+
+    @property
+    def background_pending(self) -> int | None:
+        """The step of the background round in flight, None when there is none."""
+        return None if self._background is None else self._background.pending_step
 
     # ---- Lightning hooks ----------------------------------------------------------------
 
@@ -167,6 +199,17 @@ class EvalCallback(Callback):
         self._log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero:
             self._results = ResultsFile(self._log_dir)
+        if self.async_infrequent and self.lists[1].enabled and self._background is None:
+            check_snapshot_module(pl_module)
+            self._background = BackgroundRounds(
+                pl_module.tokenizer,
+                timeout_s=self.evaluator_timeout_s,
+                sampling_options=self.sampling_options,
+                snapshot_device=self.snapshot_device,
+                progress_every_s=self.progress_every_s,
+                log_dir=self._log_dir,
+                verbose=self.progress and trainer.is_global_zero,
+            )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check_held_out(trainer, pl_module)
@@ -175,22 +218,37 @@ class EvalCallback(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
-        if self.eval_on_checkpoint and self._clients is not None and step_checkpoint_due(trainer):
-            # ModelCheckpoint runs after us and reads its monitor before saving: evaluate now.
-            self._evaluate(trainer, pl_module, self._not_evaluated_at(trainer.global_step))
-        self._maybe_evaluate(trainer, pl_module)
+        background = self._background
+        if background is not None:
+            self._print_background_lines(trainer)
+            if self._background_ready(trainer):
+                self._finish_background(trainer)
+        checkpoint_due = (
+            (self.eval_on_checkpoint or background is not None)
+            and self._clients is not None
+            and step_checkpoint_due(trainer)
+        )
+        if checkpoint_due:
+            # ModelCheckpoint runs after us and reads its monitor before saving: results now.
+            self._finish_background(trainer)
+            if self.eval_on_checkpoint:
+                self._evaluate(trainer, pl_module, self._not_evaluated_at(trainer.global_step))
+        last_step = 0 < trainer.max_steps <= trainer.global_step
+        self._maybe_evaluate(trainer, pl_module, background=not (checkpoint_due or last_step))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish_background(trainer)
         self._evaluate(trainer, pl_module, self._not_evaluated_at(trainer.global_step))
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        self._finish_background(trainer)
         if self.eval_on_checkpoint and self._clients is not None:
             self._evaluate(trainer, pl_module, self._not_evaluated_at(trainer.global_step))
-            callbacks_state = checkpoint.get("callbacks", {})
-            if self.state_key in callbacks_state:
-                callbacks_state[self.state_key] = self.state_dict()
+        callbacks_state = checkpoint.get("callbacks", {})
+        if self.state_key in callbacks_state:  # taken before this hook: the rounds since count
+            callbacks_state[self.state_key] = self.state_dict()
         if self.latest is not None:
             checkpoint[CHECKPOINT_KEY] = self.latest.to_json()
 
@@ -200,12 +258,20 @@ class EvalCallback(Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        self._close_clients()
+        # A checkpoint saved on the way out (Ctrl-C, SIGTERM, an error) must count the
+        # pending round as logged, so it is logged first. Lightning ignores further Ctrl-C now.
+        try:
+            self._finish_background(trainer, raise_failures=False)
+        finally:
+            self._close_clients()
 
     def _close_clients(self) -> None:
         if self._clients is not None:
             self._clients.close()
             self._clients = None
+        if self._background is not None:
+            self._background.close()
+            self._background = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -231,10 +297,72 @@ class EvalCallback(Callback):
     def _not_evaluated_at(self, step: int) -> list[EvaluatorList]:
         return [e for e in self._enabled() if e.last_evaluated != step]
 
-    def _maybe_evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._clients is not None:
-            step = trainer.global_step
-            self._evaluate(trainer, pl_module, [e for e in self.lists if e.due_now(step)])
+    def _maybe_evaluate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, background: bool = True
+    ) -> None:
+        if self._clients is None:
+            return
+        step = trainer.global_step
+        due = [e for e in self.lists if e.due_now(step)]
+        infrequent = self.lists[1]
+        if background and self._background is not None and infrequent in due:
+            self._start_background(trainer, pl_module)
+            due.remove(infrequent)
+        self._evaluate(trainer, pl_module, due)
+
+    # ---- background rounds ------------------------------------------------------------------
+
+    def _start_background(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Snapshots the weights and starts the infrequent round of this step on them."""
+        assert self._background is not None
+        step, pending = trainer.global_step, self._background.pending_step
+        if pending is not None:
+            self._say(
+                trainer,
+                f"[eval] step {step}: training waits for the background round of step {pending} "
+                "to finish before starting the next (a larger infrequent_eval_every avoids it)",
+            )
+            self._finish_background(trainer)
+        infrequent = self.lists[1]
+        self._background.submit(pl_module.model, step, infrequent.slots)
+        infrequent.last_evaluated = step
+
+    def _background_ready(self, trainer: pl.Trainer) -> bool:
+        """Whether the pending round finished, on every rank (so all publish it together)."""
+        assert self._background is not None
+        if self._background.pending_step is None:
+            return False
+        ready = self._background.ready()
+        if trainer.world_size > 1:
+            ready = trainer.strategy.reduce_boolean_decision(ready, all=True)
+        return ready
+
+    def _finish_background(self, trainer: pl.Trainer, *, raise_failures: bool = True) -> None:
+        """Waits for the pending background round, if any, and publishes it at its step."""
+        if self._background is None or self._background.pending_step is None:
+            return
+        finished = self._background.wait()
+        self._print_background_lines(trainer)
+        assert finished is not None
+        self._finish(
+            trainer,
+            finished.outcome,
+            step=finished.step,
+            lists=[self.lists[1]],
+            time_s=finished.time_s,
+            background=True,
+            raise_failures=raise_failures,
+        )
+
+    def _print_background_lines(self, trainer: pl.Trainer) -> None:
+        assert self._background is not None
+        for line in self._background.lines():
+            self._say(trainer, line)
+
+    def _say(self, trainer: pl.Trainer, line: str) -> None:
+        emit = printer(trainer) if self.progress else None
+        if emit is not None:
+            emit(line)
 
     # ---- a round ----------------------------------------------------------------------------
 
@@ -254,6 +382,8 @@ class EvalCallback(Callback):
     ) -> None:
         if not lists or self._clients is None:
             return
+        if self.lists[1] in lists:  # the infrequent evaluators may be busy in the background
+            self._finish_background(trainer)
         step = trainer.global_step
         slots = self._slots(lists)
         names = [evaluators.name for evaluators in lists]
@@ -278,6 +408,20 @@ class EvalCallback(Callback):
                 )
             )
             self._clients.settle()
+        self._finish(trainer, outcome, step=step, lists=lists, time_s=time.perf_counter() - start)
+
+    def _finish(
+        self,
+        trainer: pl.Trainer,
+        outcome: RoundOutcome,
+        *,
+        step: int,
+        lists: list[EvaluatorList],
+        time_s: float,
+        background: bool = False,
+        raise_failures: bool = True,
+    ) -> None:
+        """Records a finished round as evaluated and publishes it at `step`."""
         for name, message, error in self._hook_failures:  # from the held-out guard
             outcome.fail(name, "hook", message, error)
         self._hook_failures = []
@@ -285,17 +429,19 @@ class EvalCallback(Callback):
             step=step,
             metrics=dict(sorted(outcome.metrics.items())),
             failures=outcome.failures,
-            time_s=time.perf_counter() - start,
-            lists=names,
+            time_s=time_s,
+            lists=[evaluators.name for evaluators in lists],
+            background=background,
         )
         # Every rank evaluated; rank 0's numbers are the ones everybody keeps and logs.
         record = RoundRecord.from_json(trainer.strategy.broadcast(record.to_json(), src=0))
         for evaluators in lists:
-            evaluators.last_evaluated = step
-        self.latest = record
+            evaluators.last_evaluated = max(evaluators.last_evaluated, step)
+        if self.latest is None or record.step >= self.latest.step:
+            self.latest = record
         report_failures(trainer, record, outcome.tracebacks())
         publish(trainer, record, transcripts=outcome.transcripts, results=self._results)
-        if self.fail_fast and record.failures:
+        if raise_failures and self.fail_fast and record.failures:
             if outcome.errors and outcome.errors[0] is not None:
                 raise outcome.errors[0]  # the first failure's own exception
             first = record.failures[0]
@@ -356,6 +502,24 @@ def _preserved_state(module: torch.nn.Module) -> Iterator[None]:
         torch.set_rng_state(torch_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def _checked_snapshot_device(device: Any, async_infrequent: bool) -> torch.device | None:
+    """`device` as a torch device; a ValueError when it is not one or has no use."""
+    if device is None:
+        return None
+    if not async_infrequent:
+        raise ValueError(
+            f"snapshot_device={device!r} only applies to background rounds: set "
+            "async_infrequent=True too, or leave snapshot_device unset."
+        )
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"snapshot_device={device!r}: expected a torch device such as 'cpu' or 'cuda:0' "
+            f"({error}), or None for the model's own device."
+        ) from None
 
 
 def _checked_sampling_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -75,6 +75,18 @@ def check_module(module: Any, *, needs_sampling: bool, needs_training: bool) -> 
         )
 
 
+def check_snapshot_module(module: Any) -> None:
+    """Raises ``TypeError`` naming the fix when ``module`` has no `model` + `tokenizer` to copy
+    for background rounds (``EvalCallback(async_infrequent=True)``)."""
+    if not _has_model_and_tokenizer(module):
+        raise TypeError(
+            f"EvalCallback(async_infrequent=True) evaluates a copy of the LightningModule's "
+            f"`model` with its `tokenizer`, but {type(module).__name__} has no such pair. To "
+            "fix, give it a transformers causal LM as `self.model` and its tokenizer as "
+            "`self.tokenizer`, or set async_infrequent=False."
+        )
+
+
 class LiveClients:
     """Makes each client once, on first use, and closes the ones it made at `close`.
 

@@ -29,11 +29,16 @@ def publish(
 ) -> None:
     """Logs `record` at its step on every logger and in `callback_metrics` (all ranks, so
     monitors agree); on rank 0 also appends it to the results file and writes transcripts to
-    every logger (one that fails to take them gets a warning; training goes on)."""
+    every logger (one that fails to take them gets a warning; training goes on).
+
+    A round's own counts go to ``eval/failures`` and ``eval/time_s``, a background round's to
+    ``eval/background_failures`` and ``eval/background_time_s``, so a step with both kinds
+    logs each key once."""
+    prefix = "eval/background_" if record.background else "eval/"
     metrics = {
         **record.metrics,
-        "eval/failures": float(len(record.failures)),
-        "eval/time_s": record.time_s,
+        f"{prefix}failures": float(len(record.failures)),
+        f"{prefix}time_s": record.time_s,
     }
     for key, value in metrics.items():
         trainer.callback_metrics[key] = torch.tensor(value)

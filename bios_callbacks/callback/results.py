@@ -23,7 +23,8 @@ class RoundRecord:
 
     Each failure is ``{"evaluator": name, "kind": "exception" | "timeout" | "build" |
     "invalid_value" | "duplicate_key" | "hook", "message": str}`` ("hook": an optional hook
-    such as ``transcripts()`` or ``eval_prompts()`` raised).
+    such as ``transcripts()`` or ``eval_prompts()`` raised). `background` is True for a round
+    that ran on a snapshot of step `step`'s weights while training went on.
     """
 
     step: int
@@ -31,6 +32,7 @@ class RoundRecord:
     failures: list[dict[str, str]] = field(default_factory=list)
     time_s: float = 0.0
     lists: list[str] = field(default_factory=list)
+    background: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

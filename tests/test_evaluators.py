@@ -100,7 +100,12 @@ def test_qa_samples_all_questions_and_grades_them(tiny_model, tokenizer):
     )
     with SamplingClient.from_module(tiny_model, tokenizer) as client:
         result = asyncio.run(evaluator(client))
-    assert result == {"accuracy": 0.5, "scored": 4.0, "unscored": 0.0}
+    assert result == {
+        "accuracy": 0.5,
+        "accuracy_stderr": pytest.approx((0.25 / 3) ** 0.5),  # ddof=1 over the 4 questions
+        "scored": 4.0,
+        "unscored": 0.0,
+    }
     assert len(seen) == 4 and all(isinstance(r, str) and t == "x" for r, t in seen)
     assert [t.prompt for t in evaluator.transcripts()] == ["Question 0?", "Question 1?"]
     assert list(evaluator.eval_prompts()) == [d["input"] for d in dataset]
@@ -118,7 +123,12 @@ def test_qa_grader_raising_for_one_item_leaves_it_unscored(tiny_model, tokenizer
     with SamplingClient.from_module(tiny_model, tokenizer) as client:
         result = asyncio.run(evaluator(client))
     # 2 of the 3 graded answers are right; the ungraded one is not counted as wrong
-    assert result == {"accuracy": pytest.approx(2 / 3), "scored": 3.0, "unscored": 1.0}
+    assert result == {
+        "accuracy": pytest.approx(2 / 3),
+        "accuracy_stderr": pytest.approx(1 / 3),  # sqrt(p(1-p)/(n-1)) over the 3 graded
+        "scored": 3.0,
+        "unscored": 1.0,
+    }
     [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
     assert "grader_fn raised for 1 of 4 items" in warning.message
     assert "item 2 ('Question 2?' -> " in warning.message
@@ -163,4 +173,9 @@ def test_qa_on_the_real_model_knows_capitals(embedded):
         max_tokens=24,
     )
     with SamplingClient.from_module(model, tokenizer) as client:
-        assert asyncio.run(evaluator(client)) == {"accuracy": 1.0, "scored": 3.0, "unscored": 0.0}
+        assert asyncio.run(evaluator(client)) == {
+            "accuracy": 1.0,
+            "accuracy_stderr": 0.0,
+            "scored": 3.0,
+            "unscored": 0.0,
+        }

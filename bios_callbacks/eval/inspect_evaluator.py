@@ -12,9 +12,14 @@ Example:
 Each round reports every scorer's metrics as `<task>/<scorer>/<metric>`, with
 `<task>/<scorer>/scored` and `<task>/<scorer>/unscored` next to them: Inspect's metrics count
 only the samples a scorer scored (a judge may give no verdict, a sample may fail), and a warning
-names the unscored ones. The Inspect log goes under `<log_dir>/inspect_logs`, tagged `step-<N>`
-(see them with `inspect view --log-dir <log_dir>/inspect_logs`): under `EvalCallback` the
-run's log directory, else the builder's `log_dir`, else `$BIOS_CHECKPOINT_ROOT` (`./runs`).
+names the unscored ones. Inspect's own standard error stays `<task>/<scorer>/stderr`; it is the
+standard error of the scorer's mean, so it is also reported under this package's
+`<metric>_stderr` name next to each mean metric (`accuracy`, `mean`):
+`<task>/<scorer>/accuracy_stderr` (see `with_stderr_names`).
+
+The Inspect log goes under `<log_dir>/inspect_logs`, tagged `step-<N>` (see them with
+`inspect view --log-dir <log_dir>/inspect_logs`): under `EvalCallback` the run's log directory,
+else the builder's `log_dir`, else `$BIOS_CHECKPOINT_ROOT` (`./runs`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bios_callbacks.evaluators import SamplingClientEvaluator, Transcript
 from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_CONNECTIONS
@@ -30,6 +35,28 @@ from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE as DEFAULT_M
 logger = logging.getLogger(__name__)
 
 LOG_SUBDIR = "inspect_logs"
+V = TypeVar("V")
+MEAN_METRICS = ("accuracy", "mean")
+"""Inspect metrics that are the mean of a scorer's values, the mean its `stderr()` is for."""
+
+
+def with_stderr_names(metrics: dict[str, V]) -> dict[str, V]:
+    """`metrics` plus `<task>/<scorer>/<mean metric>_stderr` copies of each scorer's Inspect
+    `stderr`, the name every other evaluator's standard error has (the values may be numbers
+    or anything else kept per metric, such as values by step).
+
+    Example:
+        >>> with_stderr_names({"qa/match/accuracy": 0.5, "qa/match/stderr": 0.1})
+        {'qa/match/accuracy': 0.5, 'qa/match/stderr': 0.1, 'qa/match/accuracy_stderr': 0.1}
+    """
+    named = dict(metrics)
+    for key, value in metrics.items():
+        prefix, _, metric = key.rpartition("/")
+        if metric == "stderr":
+            for mean in MEAN_METRICS:
+                if f"{prefix}/{mean}" in metrics:
+                    named.setdefault(f"{prefix}/{mean}_stderr", value)
+    return named
 
 
 class InspectEvaluatorBuilder:
@@ -100,7 +127,8 @@ class InspectEvaluator(SamplingClientEvaluator):
         self.step = step
 
     async def __call__(self, sampling_client: Any) -> dict[str, float]:
-        """Runs every task once and returns `<task>/<scorer>/<metric>` metrics."""
+        """Runs every task once and returns `<task>/<scorer>/<metric>` metrics (with
+        `<task>/<scorer>/accuracy_stderr` beside Inspect's `stderr`)."""
         from inspect_ai.model import GenerateConfig, Model
 
         from bios_callbacks.eval.inspect_runner import run_tasks
@@ -130,7 +158,7 @@ class InspectEvaluator(SamplingClientEvaluator):
         if failed:
             logger.error("Inspect task(s) failed, reporting the others: %s", summary)
         self._transcripts = [item for r in results for item in r.transcripts]
-        return {key: value for r in results for key, value in r.metrics.items()}
+        return with_stderr_names({key: value for r in results for key, value in r.metrics.items()})
 
     def inspect_log_dir(self) -> Path:
         """Where this evaluator's Inspect logs go: `<run log dir or root>/inspect_logs`."""

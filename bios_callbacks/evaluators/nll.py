@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bios_callbacks.evaluators.base import TrainingClientEvaluator
+from bios_callbacks.evaluators.stats import ratio_stderr
 from bios_callbacks.training_client import TrainingClient
 
 
@@ -44,14 +45,17 @@ class NLLEvaluator(TrainingClientEvaluator):
     Each example is a token list (every token but the first counts), a ``(tokens, weights)``
     pair, a dict with ``tokens``/``weights``, or a renderer's ``SupervisedExample`` (weight 1 on
     assistant tokens). The weight of token j scales the loss of predicting it from tokens[:j].
-    Returns ``{"loss": mean per-token NLL}``.
+    Returns ``{"loss": mean per-token NLL, "loss_stderr": its standard error}``: the loss is a
+    ratio (all examples' weighted NLL over all their weights), so its standard error treats
+    each example as one draw (delta method, clustered by example); it is left out with fewer
+    than two weighted examples.
 
     Example:
         >>> from bios_callbacks.renderers import get_renderer          # doctest: +SKIP
         >>> renderer = get_renderer(name="chatml", tokenizer=tokenizer)  # doctest: +SKIP
         >>> evaluator = NLLEvaluator.from_conversations(held_out_chats, renderer)  # doctest: +SKIP
         >>> await evaluator(training_client)                            # doctest: +SKIP
-        {'loss': 2.31}
+        {'loss': 2.31, 'loss_stderr': 0.08}
     """
 
     def __init__(
@@ -102,10 +106,14 @@ class NLLEvaluator(TrainingClientEvaluator):
 
     async def __call__(self, training_client: TrainingClient) -> dict[str, float]:
         logprobs = await training_client.compute_logprobs_async([t for t, _ in self.examples])
-        total_nll = 0.0
-        total_weight = 0.0
+        nll_sums: list[float] = []  # per example: its weighted NLL and its total weight
+        weight_sums: list[float] = []
         for (_, weights), lps in zip(self.examples, logprobs, strict=True):
-            for weight, lp in zip(weights[1:], lps, strict=True):
-                total_nll -= weight * lp
-                total_weight += weight
-        return {"loss": total_nll / total_weight}
+            pairs = list(zip(weights[1:], lps, strict=True))
+            nll_sums.append(-sum(weight * lp for weight, lp in pairs))
+            weight_sums.append(sum(weight for weight, _ in pairs))
+        result = {"loss": sum(nll_sums) / sum(weight_sums)}
+        stderr = ratio_stderr(nll_sums, weight_sums)
+        if stderr is not None:
+            result["loss_stderr"] = stderr
+        return result

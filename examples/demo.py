@@ -13,8 +13,8 @@ TensorBoard logs, `eval_results.jsonl`, `inspect_logs/` and `checkpoints/`.
 
 Evaluations: a regular QA evaluator (strict format) every `eval_every` steps and an infrequent
 Inspect AI task (is the right city named at all?) every `infrequent_eval_every` steps. At the
-end it prints each metric at step 0 and at the last step, the checkpoint and the TensorBoard
-command.
+end it prints each metric at step 0 and at the last step with its 95% interval, the checkpoint,
+the TensorBoard command and the compare command for the run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from bios_callbacks.callback.results import RESULTS_FILE_NAME, read_records
 from bios_callbacks.models import EMBEDDED_MODEL
 from trainers.cli import run_cli
 from trainers.config import SFTConfig, default_run_name
@@ -143,21 +142,19 @@ KEY_WIDTH = 50  # the summary's metric-name column
 
 
 def summarize(run_dir) -> list[str]:
-    """Each eval score at the first and the last evaluated step, as printable lines
-    (standard errors and the scored/unscored counts are left out)."""
-    records = read_records(run_dir / RESULTS_FILE_NAME)
-    first: dict[str, tuple[int, float]] = {}
-    last: dict[str, tuple[int, float]] = {}
-    for record in records:
-        for key, value in record.metrics.items():
-            if not key.endswith(("/stderr", "/scored", "/unscored")):  # errors and counts
-                first.setdefault(key, (record.step, value))
-                last[key] = (record.step, value)
-    return [
-        f"  {key:<{KEY_WIDTH}} step {first[key][0]:>3}: {first[key][1]:.3f}   "
-        f"step {last[key][0]:>3}: {last[key][1]:.3f}"
-        for key in sorted(first)
-    ]
+    """Each eval score at the first and the last evaluated step with its 95% interval (as
+    `python -m bios_callbacks.eval.compare` shows it), as printable lines."""
+    from bios_callbacks.eval.compare import load_run
+
+    results = load_run(str(run_dir), "demo")
+    lines = []
+    for key, points in sorted(results.series.items()):
+        first, last = min(points), max(points)
+        lines.append(
+            f"  {key:<{KEY_WIDTH}} step {first:>3}: {points[first].text():<21}  "
+            f"step {last:>3}: {points[last].text()}"
+        )
+    return lines
 
 
 def demo_settings() -> dict:
@@ -198,11 +195,16 @@ def run(cfg: SFTConfig, callbacks: Sequence[Any] = ()) -> None:
     losses = result.history["test/loss"]
     first, last = min(losses), max(losses)
     print(
-        f"  {'test/loss':<{KEY_WIDTH}} step {first:>3}: {losses[first]:.3f}   "
+        f"  {'test/loss':<{KEY_WIDTH}} step {first:>3}: {losses[first]:<21.3f}  "
         f"step {last:>3}: {losses[last]:.3f}"
     )
+    print("(± and [low, high] are 95% intervals: a change inside them may be noise)")
     print(f"final checkpoint: {result.checkpoint}")
     print(f"view it: tensorboard --logdir {cfg.run_dir}")
+    print(
+        f"compare steps or runs: python -m bios_callbacks.eval.compare runs={cfg.run_dir} "
+        f"plot={cfg.run_dir}/curves.png  (add ,<another run> to runs= to compare two)"
+    )
     print(f"total time: {time.perf_counter() - started:.0f}s")
 
 

@@ -66,20 +66,23 @@ def test_inline_evals_example_writes_under_the_checkpoint_root(tmp_path, monkeyp
     assert f"all rounds: {run}/eval_results.jsonl" in capsys.readouterr().out
 
 
-def test_demo_summary_shows_scores_not_standard_errors_or_counts(tmp_path):
+def test_demo_summary_shows_scores_with_95_percent_intervals_not_counts(tmp_path):
     from bios_callbacks.callback.results import ResultsFile, RoundRecord
 
     results = ResultsFile(tmp_path)
-    for step, accuracy in ((0, 0.0), (16, 0.75)):
+    for step, accuracy, stderr in ((0, 0.0, 0.0), (16, 0.75, (0.75 * 0.25 / 15) ** 0.5)):
         metrics = {
-            "eval/InspectEvaluator/capitals/includes/accuracy": accuracy + 0.5,
-            "eval/InspectEvaluator/capitals/includes/stderr": 0.1,
+            "eval/InspectEvaluator/capitals/includes/accuracy": 0.5,
+            "eval/InspectEvaluator/capitals/includes/stderr": 0.1,  # Inspect's own name
             "eval/strict_format/accuracy": accuracy,
+            "eval/strict_format/accuracy_stderr": stderr,
             "eval/strict_format/scored": 16.0,
         }
         results.append(RoundRecord(step=step, metrics=metrics, lists=["regular"]))
     lines = [" ".join(line.split()) for line in demo.summarize(tmp_path)]
     assert lines == [
-        "eval/InspectEvaluator/capitals/includes/accuracy step 0: 0.500 step 16: 1.250",
-        "eval/strict_format/accuracy step 0: 0.000 step 16: 0.750",
+        "eval/InspectEvaluator/capitals/includes/accuracy step 0: 0.500 ± 0.196 "
+        "step 16: 0.500 ± 0.196",
+        # 0 of 16 right: Wilson's interval, not ± 0
+        "eval/strict_format/accuracy step 0: 0.000 [0.000, 0.194] step 16: 0.750 ± 0.219",
     ]

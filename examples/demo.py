@@ -201,9 +201,9 @@ def run(cfg: SFTConfig, callbacks: Sequence[Any] = ()) -> None:
     print("(± and [low, high] are 95% intervals: a change inside them may be noise)")
     print(f"final checkpoint: {result.checkpoint}")
     print(f"view it: tensorboard --logdir {cfg.run_dir}")
+    print("compare its steps (add ,<another run> to runs= to compare two runs):")
     print(
-        f"compare steps or runs: python -m bios_callbacks.eval.compare runs={cfg.run_dir} "
-        f"plot={cfg.run_dir}/curves.png  (add ,<another run> to runs= to compare two)"
+        f"  python -m bios_callbacks.eval.compare runs={cfg.run_dir} plot={cfg.run_dir}/curves.png"
     )
     print(f"total time: {time.perf_counter() - started:.0f}s")
 

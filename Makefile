@@ -22,14 +22,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
+# Lint, format check, the test suite and the library's doctests (pyproject's testpaths).
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
-# Lint, format check, the test suite and the library's doctests (pyproject's testpaths).
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.sampling
-	$(BIN)/ruff format --check .
 	$(BIN)/python -m bench.inspect_throughput
 	$(BIN)/python -m bench.callback_overhead
 

@@ -35,8 +35,8 @@ from inspect_ai.model import (
     ModelUsage,
 )
 from inspect_ai.tool import ToolChoice, ToolInfo
-from bios_callbacks.eval import inspect_private
 
+from bios_callbacks.eval import inspect_private
 from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE
 from bios_callbacks.types import ModelInput, SampledSequence, SamplingParams
 

@@ -1,0 +1,198 @@
+"""The checkpoint watcher on a real SFT run: what it writes, that a second pass evaluates
+nothing, that it follows a run still training (in another process) to its final checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny import make_tiny_model
+
+from bios_callbacks.callback.run_sync import run_sync
+from bios_callbacks.checkpoints import load_checkpoint
+from bios_callbacks.eval.inspect_runner import preserved_terminal
+from bios_callbacks.eval.watch import main
+from bios_callbacks.evaluators import NLLEvaluator, TrainingClientEvaluator
+from bios_callbacks.training_client import TrainingClient
+from trainers.config import SFTConfig
+from trainers.sft import train
+
+REPO = Path(__file__).resolve().parent.parent
+ECHO = f"{Path(__file__).with_name('inspect_tasks_fixture.py')}@echo"
+HELD_OUT = [[1, 200, 300, 400, 500], [1, 600, 700, 800]]
+CHATS = [
+    {
+        "messages": [
+            {"role": "user", "content": f"Code {i}?"},
+            {"role": "assistant", "content": f"The code is {7 * i + 3}."},
+        ]
+    }
+    for i in range(8)
+]
+SFT = dict(train_data=CHATS, batch_size=4, learning_rate=3e-3, save_every=2, run_name="watched")
+WATCH = [
+    "run=bios://watched",
+    f"tasks={ECHO}",
+    "evaluator_builders=test_watch:heldout",
+    "limit=2",
+    "max_tokens=4",
+]
+
+
+def heldout() -> NLLEvaluator:
+    """The builder the watcher imports as test_watch:heldout."""
+    return NLLEvaluator(HELD_OUT, name="heldout")
+
+
+@pytest.fixture(autouse=True)
+def _restore_terminal():
+    with preserved_terminal():
+        yield
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIOS_CHECKPOINT_ROOT", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def watched_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """The watcher's TensorBoard scalars, every event file of `<run>/watch` together."""
+    events = EventAccumulator(str(run_dir / "watch"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def test_the_watcher_evaluates_each_checkpoint_once_and_follows_a_live_run(tokenizer, root, capsys):
+    train(SFTConfig(steps=4, **SFT), model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    run_dir = root / "watched"
+    checkpoints = run_dir / "checkpoints"
+    # a checkpoint still being written: a hidden staging directory, complete-looking inside
+    staging = checkpoints / ".step_000006.staging-host-1-abcd"
+    staging.mkdir()
+    (staging / "bios_checkpoint.json").write_text(
+        (checkpoints / "step_000004" / "bios_checkpoint.json").read_text()
+    )
+
+    assert main([*WATCH, "once=true"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("evaluating") == 2
+    assert out.index("step 2: evaluating") < out.index("step 4: evaluating")
+    assert not (staging / "evals").exists()
+
+    logged = watched_scalars(run_dir)
+    for step in (2, 4):
+        evals = checkpoints / f"step_{step:06d}" / "evals"
+        echo = json.loads((evals / "echo.json").read_text())
+        assert echo["status"] == "success" and echo["step"] == step
+        for key, value in echo["metrics"].items():
+            assert (step, pytest.approx(value)) in logged[f"eval/{key}"]
+        nll = json.loads((evals / "heldout.json").read_text())
+        assert nll["step"] == step and nll["failures"] == []
+        # the value is the checkpoint's own: the evaluator on the reloaded weights gives it
+        model, _ = load_checkpoint(checkpoints / f"step_{step:06d}")
+        again = run_sync(heldout()(TrainingClient.from_module(model)))
+        assert nll["metrics"]["loss"] == pytest.approx(again["loss"], rel=1e-6)
+        assert (step, pytest.approx(again["loss"], rel=1e-6)) in logged["eval/heldout/loss"]
+    assert [step for step, _ in logged["eval/heldout/loss"]] == [2, 4]
+    assert [step for step, _ in logged["eval/echo/match/accuracy"]] == [2, 4]
+
+    # a second pass finds nothing new
+    written = {p: p.stat().st_mtime_ns for p in checkpoints.glob("*/evals/*.json")}
+    assert main([*WATCH, "once=true"]) == 0
+    assert "evaluating" not in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in checkpoints.glob("*/evals/*.json")} == written
+    assert watched_scalars(run_dir) == logged
+
+    # following: a watcher in another process, started before the run goes on, evaluates
+    # the new checkpoints and stops at the final one (until_step = the run's steps)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "bios_callbacks.eval.watch", *WATCH, "until_step=8", "poll_s=1"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        train(SFTConfig(steps=8, resume_from="bios://watched/step_000004", **SFT))
+        output, _ = follower.communicate(timeout=600)  # a hang guard, not a timing check
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, output[-3000:]
+    assert "step 6: evaluating" in output and "step 8: evaluating" in output
+    assert "step 2: evaluating" not in output and "step 4: evaluating" not in output
+    logged = watched_scalars(run_dir)
+    assert [step for step, _ in logged["eval/heldout/loss"]] == [2, 4, 6, 8]
+    assert [step for step, _ in logged["eval/echo/match/accuracy"]] == [2, 4, 6, 8]
+    assert not (staging / "evals").exists()
+
+
+class Broken(TrainingClientEvaluator):
+    name = "broken"
+
+    async def __call__(self, training_client):
+        raise ValueError("grader exploded")
+
+
+def broken() -> Broken:
+    """A builder whose evaluator raises (test_watch:broken)."""
+    return Broken()
+
+
+def test_a_failing_evaluator_is_recorded_once_and_the_watcher_exits_1(
+    tiny_model, tokenizer, root, capsys
+):
+    from bios_callbacks.checkpoints import save_checkpoint
+
+    save_checkpoint(
+        root / "one" / "checkpoints" / "step_000003",
+        tiny_model,
+        tokenizer,
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        renderer_name="chatml",
+        step=3,
+    )
+    argv = ["run=bios://one", "evaluator_builders=test_watch:broken,test_watch:heldout"]
+    assert main([*argv, "once=true"]) == 1
+    captured = capsys.readouterr()
+    assert "evaluator 'broken' failed (exception): ValueError('grader exploded')" in captured.err
+    evals = root / "one" / "checkpoints" / "step_000003" / "evals"
+    assert json.loads((evals / "broken.json").read_text())["failures"][0]["kind"] == "exception"
+    logged = watched_scalars(root / "one")
+    assert [step for step, _ in logged["eval/heldout/loss"]] == [3]
+    assert not any(tag.startswith("eval/broken/") for tag in logged)
+
+    # recorded, not retried; following with nothing new stops after idle_timeout_s
+    assert main([*argv, "poll_s=0.1", "idle_timeout_s=0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluating" not in out and "no new checkpoint for 0.3s; stopping" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["tasks=a.py@t"], "Missing run=..."),
+        (["run=bios://x"], "Nothing to evaluate"),
+        (["run=bios://x/step_000002", "tasks=a.py@t"], "not a checkpoint"),
+        (["run=bios://x", "tasks=a.py@t", "limit=0"], "limit=0: expected an integer >= 1"),
+        (["run=bios://x", "tasks=a.py@t", "poll_s=0"], "poll_s=0.0: expected seconds > 0"),
+        (["run=bios://x", "tasks=a.py@t", "once=maybe"], "once=maybe: expected true or false"),
+        (["run=bios://x", "taks=a.py@t"], "Unknown WatchArgs key(s) ['taks']"),
+        (["run=bios://nowhere", "tasks=a.py@t", "once=true"], "there is no run directory"),
+        (["run=bios://x", "evaluator_builders=no_module_here:b"], "Cannot import"),
+    ],
+)
+def test_bad_arguments_are_one_error_line_and_exit_2(root, capsys, argv, message):
+    (root / "x").mkdir(parents=True)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err.splitlines()[0]

@@ -30,6 +30,8 @@ def heavy_modules_after(code: str) -> list[str]:
         "bios_callbacks.tokenizer_utils",
         "bios_callbacks.sampling.defaults",
         "bios_callbacks.sampling.scheduler",
+        "bios_callbacks.callback.results",
+        "bios_callbacks.key_value",
     ],
 )
 def test_documented_modules_import_without_torch(module):

@@ -13,10 +13,26 @@
     held_out.py        the held-out guard
     run_sync.py, lightning_private.py   async from Lightning's hooks; Lightning's private bits
 
+Names resolve lazily: `bios_callbacks.callback.results` (what `compare` reads) imports no
+torch or Lightning.
+
 Example:
     >>> from bios_callbacks.callback import EvalCallback  # doctest: +SKIP
 """
 
-from bios_callbacks.callback.eval_callback import CHECKPOINT_KEY, EvalCallback
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["CHECKPOINT_KEY", "EvalCallback"]
+
+if TYPE_CHECKING:
+    from bios_callbacks.callback.eval_callback import CHECKPOINT_KEY, EvalCallback
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so the torch-free parts (results.py, schedule.py) import without Lightning.
+    if name in __all__:
+        return getattr(importlib.import_module("bios_callbacks.callback.eval_callback"), name)
+    raise AttributeError(f"module 'bios_callbacks.callback' has no attribute {name!r}")

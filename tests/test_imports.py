@@ -47,3 +47,12 @@ def test_help_imports_nothing_heavy(command):
         f"    runpy.run_module({command!r}, run_name='__main__')"
     )
     assert heavy_modules_after(code) == []
+
+
+def test_tinker_cookbook_evaluator_path_is_ours():
+    from bios_callbacks import evaluators
+    from bios_callbacks.eval import evaluators as ported
+
+    assert ported.SamplingClientEvaluator is evaluators.SamplingClientEvaluator
+    assert ported.TrainingClientEvaluatorBuilder is evaluators.TrainingClientEvaluatorBuilder
+    assert heavy_modules_after("import bios_callbacks.eval.evaluators") == []

@@ -9,7 +9,9 @@ from bios_callbacks.evaluators.base import (
     Evaluator,
     EvaluatorBuilder,
     SamplingClientEvaluator,
+    SamplingClientEvaluatorBuilder,
     TrainingClientEvaluator,
+    TrainingClientEvaluatorBuilder,
     Transcript,
 )
 from bios_callbacks.evaluators.nll import NLLEvaluator
@@ -21,6 +23,8 @@ __all__ = [
     "NLLEvaluator",
     "QAEvaluator",
     "SamplingClientEvaluator",
+    "SamplingClientEvaluatorBuilder",
     "TrainingClientEvaluator",
+    "TrainingClientEvaluatorBuilder",
     "Transcript",
 ]

@@ -148,6 +148,10 @@ Example:
     >>> builder().name
     'nll'
 """
+SamplingClientEvaluatorBuilder = Callable[[], SamplingClientEvaluator]
+"""A builder of a `SamplingClientEvaluator` (the RL config's `evaluator_builders`)."""
+TrainingClientEvaluatorBuilder = Callable[[], TrainingClientEvaluator]
+"""A builder of a `TrainingClientEvaluator`."""
 
 
 def client_kind(evaluator: Any) -> Literal["sampling", "training"]:

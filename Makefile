@@ -7,7 +7,10 @@ STAMP   := $(VENV)/.installed
 # directory (PIP_FIND_LINKS); elsewhere any torch in pyproject's range works (TORCH=...).
 TORCH   ?= torch==2.13.0
 
-.PHONY: install demo test bench lint clean
+# `make serve` listens here; `make serve PORT=8001` elsewhere.
+PORT    ?= 8000
+
+.PHONY: install demo test bench lint clean serve serve-build
 
 install: $(STAMP)
 
@@ -32,6 +35,15 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.sampling
 	$(BIN)/python -m bench.inspect_throughput
 	$(BIN)/python -m bench.callback_overhead
+
+# llama.cpp's llama-server, built once from source into ~/.cache/bios_callbacks/llama.cpp
+# (24 min on two busy cores here); `make test` never builds it: its tests skip until then.
+serve-build: $(STAMP)
+	$(BIN)/python -m bios_callbacks.serving build
+
+# The embedded model on an OpenAI-compatible endpoint, 16 parallel slots, until Ctrl-C.
+serve: serve-build
+	$(BIN)/python -m bios_callbacks.serving serve --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from inspect_ai.model import (
@@ -48,6 +49,7 @@ DEFAULT_MAX_TOKENS = 512
 DEFAULT_MAX_CONNECTIONS = DEFAULT_MAX_BATCH_SIZE  # one batch of the sampling client
 
 _STOP_REASONS = {"stop": "stop", "length": "max_tokens"}
+BASE_URL_ENV, API_KEY_ENV = "BIOS_BASE_URL", "BIOS_API_KEY"
 
 
 class InspectAPIFromBiosSampling(ModelAPI):
@@ -65,6 +67,10 @@ class InspectAPIFromBiosSampling(ModelAPI):
             small grader give its verdict at once (`-M response_prefix=GRADE:`).
         dtype: weights' dtype when the provider loads the model itself ("float32" or
             "bfloat16"; `-M dtype=bfloat16`).
+        base_url: sample from a serving engine's OpenAI-compatible endpoint instead of loading
+            the model (`inspect eval ... --model-base-url http://127.0.0.1:8000/v1`, or
+            `$BIOS_BASE_URL`); `model_name` is the name the server serves. `api_key` (or
+            `$BIOS_API_KEY`) is its bearer token.
         config: Inspect's generation settings (passed by `get_model`); when the provider loads
             the model itself, `max_connections` (default 32) is also its batch size.
 
@@ -107,7 +113,13 @@ class InspectAPIFromBiosSampling(ModelAPI):
             return
         if sampling_client is None:  # batch as many samples as Inspect keeps in flight
             batch = config.max_connections or DEFAULT_MAX_CONNECTIONS
-            sampling_client, default_renderer = _client_for(model_name, batch, dtype)
+            sampling_client, default_renderer = _client_for(
+                model_name,
+                batch,
+                dtype,
+                base_url or os.environ.get(BASE_URL_ENV),
+                api_key or os.environ.get(API_KEY_ENV),
+            )
             renderer_name = renderer_name or default_renderer
         if renderer_name is None:
             from bios_callbacks.renderers import default_renderer_name
@@ -241,16 +253,27 @@ def to_renderer_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
     return [{"role": message.role, "content": message.text} for message in messages]
 
 
-def _client_for(model_name: str, max_batch_size: int, dtype: str) -> tuple[Any, str | None]:
-    """A sampling client for a hub id, local directory, checkpoint or `bios://` URI.
+def _client_for(
+    model_name: str,
+    max_batch_size: int,
+    dtype: str,
+    base_url: str | None = None,
+    api_key: str | None = None,
+) -> tuple[Any, str | None]:
+    """A sampling client for a hub id, local directory, checkpoint or `bios://` URI, loaded
+    here or, with `base_url`, served there under that name.
 
     Returns the client and the renderer recorded in the checkpoint (None for base models).
     """
     from bios_callbacks.models import is_checkpoint_ref
     from bios_callbacks.sampling.service import ServiceClient
 
-    model_name = local_model_name(model_name)
-    service = ServiceClient(max_batch_size=max_batch_size, dtype=dtype)
+    if base_url is None:
+        model_name = local_model_name(model_name)
+
+    service = ServiceClient(
+        max_batch_size=max_batch_size, dtype=dtype, base_url=base_url, api_key=api_key
+    )
     if is_checkpoint_ref(model_name):
         from bios_callbacks.checkpoints import read_checkpoint_metadata, resolve_model_path
 

@@ -6,6 +6,10 @@
         tasks=inspect_evals/ifeval,examples/offline_inspect_eval.py@capitals \\
         renderer_name=chatml limit=50
 
+base_url=URL samples on a serving engine's OpenAI-compatible endpoint (llama.cpp from
+`make serve`, vLLM, SGLang) instead of loading the model here; model_name is the name it serves
+(`$BIOS_API_KEY`, if set, is sent as its bearer token).
+
 Keys (key=value): model_path (checkpoint directory or bios://run/name; omit it to evaluate
 model_name), model_name, tasks (comma-separated: registry names, file.py@task, module:task),
 renderer_name (default: the checkpoint's, else the model's default), limit, temperature
@@ -57,6 +61,7 @@ class EvalArgs:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     log_dir: str | None = None
     dtype: str = "float32"
+    base_url: str | None = None
 
 
 _CONVERTERS: dict[str, Any] = {
@@ -66,6 +71,7 @@ _CONVERTERS: dict[str, Any] = {
     "max_tokens": int,
     "max_connections": int,
     "dtype": lambda v: _choice("dtype", v, ("float32", "bfloat16")),
+    "base_url": lambda v: _http_url(v),
 }
 VALID_KEYS = [f.name for f in dataclasses.fields(EvalArgs)]
 
@@ -73,6 +79,12 @@ VALID_KEYS = [f.name for f in dataclasses.fields(EvalArgs)]
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise UsageError(f"{key}={value!r}: expected one of {list(choices)}.")
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not re.match(r"https?://[^/]+", value):
+        raise ValueError("expected an http(s) URL such as http://127.0.0.1:8000/v1")
     return value
 
 
@@ -156,6 +168,7 @@ def run(args: EvalArgs) -> int:
         model_name=source,
         renderer_name=args.renderer_name,
         dtype=args.dtype,
+        base_url=args.base_url,
         config=config,
     )
     try:

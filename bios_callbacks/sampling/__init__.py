@@ -1,7 +1,8 @@
 """Sampling: clients, the continuous-batching engine over live weights, and its parts.
 
     client.py         SamplingClient: `sample_async` over a model's current weights
-    service.py        ServiceClient: clients for a base model or a saved checkpoint
+    service.py        ServiceClient: clients for a base model, a saved checkpoint or a server
+    server_client.py  ServerSamplingClient: the same interface over an OpenAI-compatible server
     engine.py         DecodeEngine: the decode thread, its queue and failure handling
     scheduler.py      which queued samples join the batch (pure Python)
     runner.py         ModelRunner: batch tensors, prefill, decode steps
@@ -23,13 +24,15 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "SamplingClient": "bios_callbacks.sampling.client",
     "ServiceClient": "bios_callbacks.sampling.service",
+    "ServerSamplingClient": "bios_callbacks.sampling.server_client",
     "DecodeEngine": "bios_callbacks.sampling.engine",
 }
-__all__ = ["DecodeEngine", "SamplingClient", "ServiceClient"]
+__all__ = ["DecodeEngine", "SamplingClient", "ServerSamplingClient", "ServiceClient"]
 
 if TYPE_CHECKING:
     from bios_callbacks.sampling.client import SamplingClient
     from bios_callbacks.sampling.engine import DecodeEngine
+    from bios_callbacks.sampling.server_client import ServerSamplingClient
     from bios_callbacks.sampling.service import ServiceClient
 
 

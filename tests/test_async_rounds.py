@@ -100,7 +100,7 @@ def rounds_of(log_dir) -> list[tuple[int, tuple[str, ...], bool]]:
 
 
 def test_training_goes_on_while_a_slow_round_runs_and_it_is_logged_at_its_step(
-    tmp_path, tiny_model, tokenizer, caplog
+    tmp_path, tiny_model, tokenizer, caplog, capsys
 ):
     gates = {0: threading.Event(), 4: threading.Event()}
     callback = EvalCallback(
@@ -139,6 +139,12 @@ def test_training_goes_on_while_a_slow_round_runs_and_it_is_logged_at_its_step(
         (8, ("regular", "infrequent"), False),
     ]
     assert callback.last_evaluated == {"regular": 8, "infrequent": 8}
+
+    # the console says which rounds run in the background, and their values when done
+    out = capsys.readouterr().out
+    assert "[eval] step 4: running 2 evaluator(s) (infrequent) in the background\n" in out
+    assert "[eval] step 4 gated: step=4 logprob=" in out
+    assert "[eval] step 4 raises: FAILED" in out
     assert trainer.callback_metrics["eval/gated/step"] == 8.0
 
 
@@ -438,3 +444,12 @@ def test_bad_settings_are_explained(tmp_path, tiny_model):
     trainer = make_trainer(tmp_path, [callback], max_steps=1)
     with pytest.raises(TypeError, match=r"NoModel has no such pair.*async_infrequent=False"):
         trainer.fit(NoModel(tiny_model), token_loader())
+
+
+def test_the_example_reads_key_value_words(capsys):
+    from examples import background_evals
+
+    assert background_evals.main(["--help"]) == 0
+    assert "infrequent_eval_every=3" in capsys.readouterr().out
+    assert background_evals.main(["stepz=3"]) == 2  # before any model loads
+    assert capsys.readouterr().err.startswith("error: Unknown SFTConfig key(s) ['stepz']")

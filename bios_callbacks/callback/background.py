@@ -133,7 +133,15 @@ class BackgroundRounds:
             self._close_clients()
             self._clients = SnapshotClients(snapshot, self.tokenizer, self.sampling_options)
         self._clients.start_round(step)
-        future = self._worker.submit(self._run, self._clients, step, list(slots))
+        console = RoundConsole(
+            self._lines.put if self.verbose else None,
+            step,
+            [slot.name for slot in slots],
+            self._clients,
+            where="in the background",
+        )
+        console.started(["infrequent"])
+        future = self._worker.submit(self._run, self._clients, console, step, list(slots))
         self._pending = _Pending(step, future)
 
     def ready(self) -> bool:
@@ -170,16 +178,12 @@ class BackgroundRounds:
             self._clients = None
 
     def _run(
-        self, clients: SnapshotClients, step: int, slots: list[EvaluatorSlot]
+        self,
+        clients: SnapshotClients,
+        console: RoundConsole,
+        step: int,
+        slots: list[EvaluatorSlot],
     ) -> FinishedRound:
-        console = RoundConsole(
-            self._lines.put if self.verbose else None,
-            step,
-            [slot.name for slot in slots],
-            clients,
-            where="in the background",
-        )
-        console.started(["infrequent"])
         start = time.perf_counter()
         outcome = asyncio.run(
             run_round(

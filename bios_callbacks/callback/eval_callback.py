@@ -326,6 +326,7 @@ class EvalCallback(Callback):
         infrequent = self.lists[1]
         self._background.submit(pl_module.model, step, infrequent.slots)
         infrequent.last_evaluated = step
+        self._print_background_lines(trainer)  # its start line, in order with training's
 
     def _background_ready(self, trainer: pl.Trainer) -> bool:
         """Whether the pending round finished, on every rank (so all publish it together)."""

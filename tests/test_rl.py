@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+from typing import ClassVar
 
 import lightning as L
 import pytest
@@ -26,14 +27,16 @@ def shortness(text: str, datum: dict) -> float:
 
 
 class MeanLength(SamplingClientEvaluator):
-    """Sampled reply length (in tokens) to one prompt."""
+    """Sampled reply length (in tokens) to one prompt; remembers the clients it was given."""
+
+    clients: ClassVar[list] = []
 
     async def __call__(self, sampling_client) -> dict[str, float]:
         response = await sampling_client.sample_async(
             prompt=[1, 2, 3], num_samples=1, sampling_params=SamplingParams(max_tokens=4)
         )
-        decode_threads = [t for t in threading.enumerate() if t.name == "bios-decode"]
-        return {"tokens": float(len(response.sequences[0].tokens)), "engines": len(decode_threads)}
+        MeanLength.clients.append(sampling_client)
+        return {"tokens": float(len(response.sequences[0].tokens))}
 
 
 def test_policy_gradient_raises_the_rewarded_completion(tiny_model):
@@ -82,7 +85,9 @@ def test_rl_run_logs_metrics_evaluates_and_checkpoints(
         save_every=2,
         run_name="rl-e2e",
     )
-    result = train(cfg, model=tiny_model, tokenizer=tokenizer)
+    rollouts = RolloutClient()
+    MeanLength.clients.clear()
+    result = train(cfg, model=tiny_model, tokenizer=tokenizer, callbacks=[rollouts])
 
     acc = EventAccumulator(str(result.log_dir), size_guidance={"scalars": 0})
     acc.Reload()
@@ -95,8 +100,9 @@ def test_rl_run_logs_metrics_evaluates_and_checkpoints(
     ):
         assert steps[tag] == [0, 1, 2, 3], tag
     assert steps["eval/MeanLength/tokens"] == [0, 2, 4]
-    # rollouts and evaluators share one decode engine
-    assert [e.value for e in acc.Scalars("eval/MeanLength/engines")] == [1.0, 1.0, 1.0]
+    # rollouts and evaluators share one client, so one decode engine
+    assert len(MeanLength.clients) == 3 and len({id(c) for c in MeanLength.clients}) == 1
+    assert MeanLength.clients[0] is rollouts.client
     rewards = [e.value for e in acc.Scalars("train/reward_mean")]
     assert all(r <= 0 for r in rewards) and any(r < 0 for r in rewards)
 
@@ -106,6 +112,15 @@ def test_rl_run_logs_metrics_evaluates_and_checkpoints(
     assert meta.step == 4
     assert "train/reward_mean" in meta.eval_results
     assert "eval/MeanLength/tokens" in meta.eval_results
+
+
+class RolloutClient(L.Callback):
+    """Remembers the client the RL module samples its rollouts with."""
+
+    client = None
+
+    def on_train_start(self, trainer, pl_module):
+        self.client = pl_module.client
 
 
 class WeightsAtStep(L.Callback):
@@ -168,6 +183,7 @@ def test_a_failing_reward_fn_saves_the_last_step_and_stops_the_sampler(
         learning_rate=1e-2,
         run_name="rl-bug",
     )
+    before = {t for t in threading.enumerate() if t.name == "bios-decode"}
     with pytest.raises(KeyError, match="answr"):
         train(cfg, model=tiny_model, tokenizer=tokenizer)
 
@@ -176,8 +192,8 @@ def test_a_failing_reward_fn_saves_the_last_step_and_stops_the_sampler(
     acc = EventAccumulator(str(tmp_path / "rl-bug"), size_guidance={"scalars": 0})
     acc.Reload()
     assert [e.step for e in acc.Scalars("train/reward_mean")] == [0, 1]  # logs flushed
-    decoding = [t.name for t in threading.enumerate() if t.name == "bios-decode"]
-    assert decoding == []
+    decoding = {t for t in threading.enumerate() if t.name == "bios-decode"} - before
+    assert decoding == set()  # the run's decode thread was stopped
 
 
 @pytest.mark.parametrize("bad", [math.nan, None], ids=["nan", "none"])

@@ -82,14 +82,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--parallel", type=int, default=16, help="llama-server slots")
     parser.add_argument(
-        "--threads", type=int, default=None, help="llama-server threads (default: all cores)"
+        "--threads", type=int, default=None, help="llama-server threads (default: half the CPUs)"
     )
     args = parser.parse_args()
     params = types.SamplingParams(max_tokens=args.max_tokens, temperature=0.0)
 
     start = time.perf_counter()
     server = LlamaServer(parallel=args.parallel, ctx_per_slot=1024, threads=args.threads).start()
-    threads = args.threads or "default"
+    threads = server.command[server.command.index("--threads") + 1]
     print(f"llama-server ({args.parallel} slots, threads: {threads}) ready in "
           f"{time.perf_counter() - start:.1f} s")  # fmt: skip
     try:

@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL, help="parallel slots")
     serve.add_argument("--ctx-per-slot", type=int, default=DEFAULT_CTX_PER_SLOT)
+    serve.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: half the logical CPUs, at least 1)",
+    )
     serve.add_argument("--jobs", type=int, default=None, help="compile jobs if it must build")
     convert = commands.add_parser("convert", help="convert a full-weight checkpoint to GGUF")
     convert.add_argument("checkpoint", help="a checkpoint directory or bios://run/name")
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         parallel=args.parallel,
         ctx_per_slot=args.ctx_per_slot,
-        log_file=None,
+        threads=args.threads,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` stops the server too
     server.start()

@@ -221,7 +221,9 @@ class LlamaServer:
         host, port: where to listen; port 0 picks a free one.
         parallel: slots decoding concurrently; a request with `n` samples takes `n` slots.
         ctx_per_slot: prompt + reply tokens each slot holds.
-        threads: CPU threads (default: llama.cpp's choice, all cores).
+        threads: CPU threads (default: half the logical CPUs, at least 1: llama.cpp's own
+            default counts physical cores, and its threads wait for each other at every step,
+            which stalls when other processes keep the cores busy).
         binary: the llama-server to run (default: `find_llama_server()`).
         log_file: where the server's output goes (default: discarded).
         extra_args: more llama-server flags.
@@ -272,7 +274,7 @@ class LlamaServer:
             *("--model", str(self.model), "--alias", self.alias),
             *("--host", host, "--port", str(self.port)),
             *("--parallel", str(parallel), "--ctx-size", str(parallel * ctx_per_slot)),
-            *(("--threads", str(threads)) if threads else ()),
+            *("--threads", str(threads or max(1, (os.cpu_count() or 2) // 2))),
             *extra_args,
         ]
         self._log_file = log_file

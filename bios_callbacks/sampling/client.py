@@ -11,7 +11,7 @@ import torch
 
 from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CACHE_TOKENS
 from bios_callbacks.sampling.engine import DecodeEngine
-from bios_callbacks.sampling.request import Request
+from bios_callbacks.sampling.request import Request, checked_inputs
 from bios_callbacks.types import ModelInput, SampleResponse, SamplingParams
 
 
@@ -165,31 +165,13 @@ class SamplingClient:
         self.close()
 
     def _request(self, prompt, num_samples: int, params: SamplingParams | None) -> Request:
-        tokens = ModelInput.coerce(prompt).to_ints()
-        if not tokens:
-            raise ValueError(
-                "The prompt is empty: sampling needs at least one token. Build prompts with "
-                "renderer.build_generation_prompt(messages) or ModelInput.from_ints(ids)."
-            )
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples={num_samples!r}: expected a positive integer.")
-        vocab = self._engine.vocab_size
-        bad = [t for t in tokens if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(
-                f"The prompt has token ids outside the model's vocabulary [0, {vocab}): {bad[:5]}. "
-                "Was it tokenized with another model's tokenizer?"
-            )
-        params = params or SamplingParams()
-        max_new = params.max_tokens
-        context = self._engine.context_length
-        if context is not None:
-            if len(tokens) >= context:
-                raise ValueError(
-                    f"The prompt has {len(tokens)} tokens but the model's context holds {context}; "
-                    "shorten the prompt (e.g. fewer few-shot examples) or truncate it."
-                )
-            max_new = min(max_new, context - len(tokens))
+        tokens, params, max_new = checked_inputs(
+            prompt,
+            num_samples,
+            params,
+            vocab_size=self._engine.vocab_size,
+            context_length=self._engine.context_length,
+        )
         return Request(tokens, num_samples, params, max_new, seed=_request_seed(params))
 
 

@@ -15,7 +15,7 @@ import contextlib
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
-from bios_callbacks.types import SampledSequence, SampleResponse, SamplingParams
+from bios_callbacks.types import ModelInput, SampledSequence, SampleResponse, SamplingParams
 
 
 @dataclass(eq=False)
@@ -70,3 +70,47 @@ def fail(requests: list[Request], error: BaseException) -> None:
     """Fails every request in `requests` that is not resolved yet."""
     for request in requests:
         settle(request.future, error=error)
+
+
+def checked_inputs(
+    prompt: ModelInput | list[int] | tuple[int, ...],
+    num_samples: int,
+    params: SamplingParams | None,
+    *,
+    vocab_size: int | None,
+    context_length: int | None,
+    context_fix: str = "shorten the prompt (e.g. fewer few-shot examples) or truncate it",
+) -> tuple[list[int], SamplingParams, int]:
+    """A sampling call's inputs checked the same way for every client: `(prompt tokens, params,
+    most new tokens that fit the context)`, or a ValueError naming the bad value and the fix
+    (`context_fix` says how to make room: local and server clients differ).
+
+    Example:
+        >>> checked_inputs([1, 2], 1, SamplingParams(max_tokens=8), vocab_size=10,
+        ...                context_length=6)[2]
+        4
+    """
+    tokens = ModelInput.coerce(prompt).to_ints()
+    if not tokens:
+        raise ValueError(
+            "The prompt is empty: sampling needs at least one token. Build prompts with "
+            "renderer.build_generation_prompt(messages) or ModelInput.from_ints(ids)."
+        )
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples={num_samples!r}: expected a positive integer.")
+    bad = [t for t in tokens if vocab_size is not None and not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(
+            f"The prompt has token ids outside the model's vocabulary [0, {vocab_size}): "
+            f"{bad[:5]}. Was it tokenized with another model's tokenizer?"
+        )
+    params = params or SamplingParams()
+    max_new = params.max_tokens
+    if context_length is not None:
+        if len(tokens) >= context_length:
+            raise ValueError(
+                f"The prompt has {len(tokens)} tokens but the model's context holds "
+                f"{context_length}; {context_fix}."
+            )
+        max_new = min(max_new, context_length - len(tokens))
+    return tokens, params, max_new

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE
+from bios_callbacks.sampling.request import checked_inputs
 from bios_callbacks.types import ModelInput, SampledSequence, SampleResponse, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -208,32 +209,17 @@ class ServerSamplingClient:
     def _check(
         self, prompt: ModelInput | Sequence[int], num_samples: int, params: SamplingParams | None
     ) -> tuple[list[int], int, SamplingParams, int]:
-        tokens = ModelInput.coerce(prompt).to_ints()
-        if not tokens:
-            raise ValueError(
-                "The prompt is empty: sampling needs at least one token. Build prompts with "
-                "renderer.build_generation_prompt(messages) or ModelInput.from_ints(ids)."
-            )
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples={num_samples!r}: expected a positive integer.")
-        vocab = self.info.vocab_size
-        bad = [t for t in tokens if vocab is not None and not 0 <= t < vocab]
-        if bad:
-            raise ValueError(
-                f"The prompt has token ids outside the model's vocabulary [0, {vocab}): {bad[:5]}. "
-                "Was it tokenized with another model's tokenizer?"
-            )
-        params = params or SamplingParams()
-        max_new = params.max_tokens
-        context = self.info.context_length
-        if context is not None:
-            if len(tokens) >= context:
-                raise ValueError(
-                    f"The prompt has {len(tokens)} tokens but the server's context holds "
-                    f"{context} per sequence; shorten the prompt, or give the server more "
-                    "(llama-server --ctx-size = slots x tokens per slot; vllm --max-model-len)."
-                )
-            max_new = min(max_new, context - len(tokens))
+        tokens, params, max_new = checked_inputs(
+            prompt,
+            num_samples,
+            params,
+            vocab_size=self.info.vocab_size,
+            context_length=self.info.context_length,
+            context_fix=(
+                "shorten the prompt, or give the server more context per sequence "
+                "(llama-server --ctx-size = slots x tokens per slot; vllm --max-model-len)"
+            ),
+        )
         return tokens, num_samples, params, max_new
 
     def _submit(self, coroutine: Coroutine[Any, Any, T], num_samples: int) -> Future[T]:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -405,6 +409,12 @@ def test_a_lora_snapshot_copies_only_the_adapter(tiny_model):
     assert not torch.equal(copied, live[name])
     assert snapshot.take(lora) is copy and torch.equal(copied, live[name])
 
+    # a base weight that starts training is copied from then on
+    base = next(p for p in lora.parameters() if not p.requires_grad)
+    base.requires_grad_(True)
+    assert snapshot.take(lora) is not copy
+    assert snapshot.copied_bytes == nbytes + base.numel() * base.element_size()
+
 
 def test_a_full_snapshot_copies_every_weight_once(tiny_model):
     tokens = torch.tensor([HELD_OUT[0]])
@@ -453,3 +463,75 @@ def test_the_example_reads_key_value_words(capsys):
     assert "infrequent_eval_every=3" in capsys.readouterr().out
     assert background_evals.main(["stepz=3"]) == 2  # before any model loads
     assert capsys.readouterr().err.startswith("error: Unknown SFTConfig key(s) ['stepz']")
+
+
+@pytest.mark.ddp
+def test_under_ddp_every_rank_publishes_each_background_round_once_in_step(tmp_path):
+    """2 CPU processes (gloo): whichever rank finishes a round first waits for the other, so
+    both log it together at its step; rank 0's numbers are the ones logged, once."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("LOCAL_RANK", None)
+    done = subprocess.run(
+        [sys.executable, __file__, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,  # a deadlock fails the test instead of hanging it
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+    log_dir = ranks[0]["log_dir"]
+    assert steps(log_dir, "eval/qa/accuracy") == [0, 2, 4, 5]
+    assert steps(log_dir, "eval/background_time_s") == [0, 2, 4]
+    assert [(s, bg) for s, _, bg in rounds_of(log_dir)] == [
+        (0, True),
+        (2, True),
+        (4, True),
+        (5, False),
+    ]
+
+
+def _ddp_run(out_dir: str) -> None:
+    """What each rank of the DDP test runs."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from bios_callbacks.evaluators import QAEvaluator
+    from bios_callbacks.models import EMBEDDED_MODEL
+    from bios_callbacks.tokenizer_utils import get_tokenizer
+
+    tokenizer = get_tokenizer(EMBEDDED_MODEL)
+    qa = functools.partial(
+        QAEvaluator,
+        [{"input": "Capital of France?", "target": "Paris"}, {"input": "2+2?", "target": "4"}],
+        lambda response, target: target in response,
+        renderer_name="chatml",
+        max_tokens=4,
+        name="qa",
+    )
+    callback = EvalCallback(
+        infrequent_evaluator_builders=[qa, functools.partial(NLLEvaluator, HELD_OUT)],
+        infrequent_eval_every=2,
+        async_infrequent=True,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_steps=5,
+        logger=TensorBoardLogger(out_dir, name="run"),
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(TinyLM(make_tiny_model(tokenizer), tokenizer), token_loader())
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("eval/")}
+    result = {"metrics": metrics, "log_dir": trainer.log_dir}
+    Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    _ddp_run(sys.argv[1])

@@ -45,6 +45,7 @@ class WeightSnapshot:
         self.model: torch.nn.Module | None = None
         self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._source: torch.nn.Module | None = None
+        self._trainable: frozenset[int] = frozenset()  # ids of the source's trainable params
 
     @property
     def copied_bytes(self) -> int:
@@ -52,10 +53,12 @@ class WeightSnapshot:
         return sum(copy.numel() * copy.element_size() for copy, _ in self._pairs)
 
     def take(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The snapshot, now holding `model`'s current weights (in eval mode, no gradients)."""
-        if self.model is None or self._source is not model:
+        """The snapshot, now holding `model`'s current weights (in eval mode, no gradients).
+        It is built again when the model, or which of its parameters train, changed."""
+        trainable = frozenset(id(p) for p in model.parameters() if p.requires_grad)
+        if self.model is None or self._source is not model or self._trainable != trainable:
             self.model, self._pairs = _copy_model(model, self.device or _device_of(model))
-            self._source = model
+            self._source, self._trainable = model, trainable
         else:
             with torch.no_grad():
                 for copy_, live in self._pairs:
@@ -66,7 +69,7 @@ class WeightSnapshot:
 
     def release(self) -> None:
         """Drops the copy (its memory is freed once no round uses it)."""
-        self.model, self._pairs, self._source = None, [], None
+        self.model, self._pairs, self._source, self._trainable = None, [], None, frozenset()
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

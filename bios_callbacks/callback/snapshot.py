@@ -9,7 +9,7 @@ shared with the live model, read-only, when the snapshot lives on the model's de
 another device they are copied too.
 
 Memory: the trainable weights once more (full fine-tuning of SmolLM2-135M in float32: 0.54
-GB; a rank-8 LoRA adapter of it: 19 MB), on the snapshot's device.
+GB; a rank-8 LoRA adapter of it, as the trainers make it: 9.8 MB), on the snapshot's device.
 
 Example:
     >>> import torch

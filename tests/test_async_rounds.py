@@ -80,6 +80,20 @@ class OpensGates(pl.Callback):
                 gate.set()
 
 
+class FinishesAndReads(pl.Callback):
+    """At `at_step` (after its gate opened), finishes the round in flight and reads its value."""
+
+    def __init__(self, callback: EvalCallback, at_step: int):
+        self.callback, self.at_step = callback, at_step
+        self.seen: tuple[float, int | None] | None = None
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.at_step:
+            self.callback.finish_background_round(trainer)
+            value = float(trainer.callback_metrics["eval/gated/step"])
+            self.seen = (value, self.callback.background_pending)
+
+
 class WeightCopies(pl.Callback):
     """A copy of the live weights at every step."""
 
@@ -115,12 +129,14 @@ def test_training_goes_on_while_a_slow_round_runs_and_it_is_logged_at_its_step(
         async_infrequent=True,
     )
     opener = OpensGates(callback, gates, after=3)
-    trainer = make_trainer(tmp_path, [callback, opener], max_steps=8)
+    reader = FinishesAndReads(callback, at_step=3)
+    trainer = make_trainer(tmp_path, [callback, opener, reader], max_steps=8)
     trainer.fit(TinyLM(tiny_model, tokenizer), token_loader())
 
     # steps 1-3 trained while the round of step 0 waited on its gate, 5-7 during step 4's;
     # the last step's round runs on the live weights once the pending one is logged
     assert opener.pending_at == {1: 0, 2: 0, 3: 0, 4: 4, 5: 4, 6: 4, 7: 4, 8: None}
+    assert reader.seen == (0.0, None)
 
     logged = scalars(trainer.log_dir)
     assert logged["eval/gated/step"] == [(0, 0.0), (4, 4.0), (8, 8.0)]

@@ -92,7 +92,10 @@ class EvalCallback(Callback):
             their step while training goes on (regular rounds stay synchronous). Needs the
             module's ``model`` + ``tokenizer``. Costs one copy of the trainable weights, made
             once and refilled for each round (frozen ones, e.g. a LoRA run's base model, are
-            shared), plus the background round's own KV cache.
+            shared), plus the background round's own KV cache. Unseeded sampling there draws
+            its seeds from a generator seeded by the step, not from torch's global one, so
+            training's random numbers are as without rounds; an evaluator that draws from a
+            global generator itself (``random``, ``torch.rand``) should use its own.
         snapshot_device: where that copy lives and the background round computes; None (the
             default) is the model's own device, so rounds run as fast as synchronous ones;
             ``"cpu"`` keeps GPU memory free at the price of slower rounds (then frozen weights
@@ -183,6 +186,16 @@ class EvalCallback(Callback):
     def background_pending(self) -> int | None:
         """The step of the background round in flight, None when there is none."""
         return None if self._background is None else self._background.pending_step
+
+    def finish_background_round(self, trainer: pl.Trainer) -> None:
+        """Waits for the background round in flight, if any, and logs it now, at its own
+        step. Checkpoints and the end of training do this already; call it before reading
+        ``trainer.callback_metrics`` for something that must include that round.
+
+        Example:
+            >>> callback.finish_background_round(trainer)  # doctest: +SKIP
+        """
+        self._finish_background(trainer)
 
     # ---- Lightning hooks ----------------------------------------------------------------
 

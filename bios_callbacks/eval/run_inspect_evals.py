@@ -34,6 +34,7 @@ import dataclasses
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,27 +250,43 @@ def _format_metric(key: str, value: float, metrics: dict[str, float]) -> str:
     return f"{value:.4f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: parses `argv`, runs, and returns the exit status."""
+def command_main(
+    argv: list[str] | None,
+    usage: str,
+    parse: Callable[[list[str]], Any],
+    act: Callable[[Any], int],
+    *,
+    report_errors: bool,
+) -> int:
+    """The shared shape of this package's offline CLIs: `--help` prints `usage`; a bad word,
+    task or run is one `error:` line and exit 2; with `report_errors`, any other error is one
+    line and exit 1 instead of a traceback. Returns what `act(parse(argv))` returns."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in {"-h", "--help", "help"}:
-        print(USAGE)
+        print(usage)
         return 0
     try:
-        args = parse_args(argv)
+        args = parse(argv)
     except UsageError as error:
-        print(f"error: {error}\n\n{USAGE}", file=sys.stderr)
+        print(f"error: {error}\n\n{usage}", file=sys.stderr)
         return 2
-    from bios_callbacks.eval.inspect_tasks import TaskNotFoundError
+    from bios_callbacks.eval.inspect_tasks import TaskNotFoundError  # imports inspect_ai
 
     try:
-        return run(args)
-    except TaskNotFoundError as error:  # a bad tasks= value is a bad argument
+        return act(args)
+    except (UsageError, TaskNotFoundError) as error:  # a bad tasks=, run= or builder value
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except Exception as error:  # a clear one-line reason, not a traceback, for the user
+    except Exception as error:
+        if not report_errors:
+            raise
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parses `argv`, runs, and returns the exit status."""
+    return command_main(argv, USAGE, parse_args, run, report_errors=True)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bios_callbacks.eval.run_inspect_evals import UsageError
+from bios_callbacks.eval.run_inspect_evals import UsageError, command_main
 from bios_callbacks.key_value import parse_words
 from bios_callbacks.models.atomic_dirs import is_staging_dir
 from bios_callbacks.models.references import (
@@ -429,22 +429,7 @@ def watch(args: WatchArgs) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parses `argv`, watches, and returns the exit status."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in {"-h", "--help", "help"}:
-        print(USAGE)
-        return 0
-    try:
-        args = parse_args(argv)
-    except UsageError as error:
-        print(f"error: {error}\n\n{USAGE}", file=sys.stderr)
-        return 2
-    from bios_callbacks.eval.inspect_tasks import TaskNotFoundError
-
-    try:
-        return watch(args)
-    except (UsageError, TaskNotFoundError) as error:  # a bad run, task or builder name
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return command_main(argv, USAGE, parse_args, watch, report_errors=False)
 
 
 if __name__ == "__main__":

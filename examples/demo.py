@@ -159,7 +159,7 @@ def summarize(run_dir) -> list[str]:
 
 def demo_settings() -> dict:
     """The demo's SFT settings; command-line words change them."""
-    from bios_callbacks.eval.inspect_evaluator import InspectEvaluatorBuilder
+    from bios_callbacks.eval.inspect_evaluators import InspectEvaluatorBuilder
 
     return {
         "model_name": EMBEDDED_MODEL,

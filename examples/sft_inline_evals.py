@@ -39,7 +39,7 @@ eval_builder_2 = format_eval  # strict-format QA accuracy (a SamplingClientEvalu
 
 def guide_config() -> dict:
     """The guide's config keys plus this example's model, data and length."""
-    from bios_callbacks.eval.inspect_evaluator import InspectEvaluatorBuilder
+    from bios_callbacks.eval.inspect_evaluators import InspectEvaluatorBuilder
 
     expensive_eval = InspectEvaluatorBuilder(
         tasks=[capitals_task()],

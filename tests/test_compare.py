@@ -22,7 +22,7 @@ from tiny import make_tiny_model
 from bios_callbacks import EvalCallback
 from bios_callbacks.callback.results import read_records
 from bios_callbacks.eval import compare
-from bios_callbacks.eval.inspect_evaluator import InspectEvaluatorBuilder
+from bios_callbacks.eval.inspect_evaluators import InspectEvaluatorBuilder
 from bios_callbacks.eval.inspect_runner import preserved_terminal
 from bios_callbacks.evaluators import NLLEvaluator, QAEvaluator, TrainingClientEvaluator
 from bios_callbacks.evaluators.stats import (

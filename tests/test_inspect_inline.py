@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lit_tiny import TinyLM, make_trainer, scalars, token_loader
 
 from bios_callbacks.callback import EvalCallback
-from bios_callbacks.eval.inspect_evaluator import InspectEvaluatorBuilder
+from bios_callbacks.eval.inspect_evaluators import InspectEvaluatorBuilder
 
 FIXTURE = str(Path(__file__).with_name("inspect_tasks_fixture.py"))
 SCORING = str(Path(__file__).with_name("inspect_scoring_tasks.py"))

@@ -371,7 +371,7 @@ def inspect_tasks():
 def test_inspect_transcripts_carry_the_scorers_value_and_explanation(
     tmp_path, tiny_model, tokenizer
 ):
-    from bios_callbacks.eval.inspect_evaluator import InspectEvaluatorBuilder
+    from bios_callbacks.eval.inspect_evaluators import InspectEvaluatorBuilder
 
     builder = InspectEvaluatorBuilder(
         tasks=inspect_tasks(), renderer_name="chatml", max_tokens=3, log_dir=tmp_path

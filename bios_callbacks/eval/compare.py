@@ -166,7 +166,7 @@ def results_file(path: Path) -> Path | None:
 def load_run(spec: str, label: str) -> Run:
     """Reads a run's eval_results.jsonl, its checkpoints' evals/*.json and per-item results."""
     from bios_callbacks.callback.results import read_records
-    from bios_callbacks.eval.inspect_evaluator import with_stderr_names
+    from bios_callbacks.eval.inspect_evaluators import with_stderr_names
 
     path = resolve_run(spec)
     raw: dict[str, dict[int, float]] = {}

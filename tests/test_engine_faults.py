@@ -73,7 +73,7 @@ async def _sample(client: SamplingClient, prompt, num_samples: int = 1, params=G
     return await asyncio.wait_for(client.sample_async(prompt, num_samples, params), BOUND_S)
 
 
-@pytest.mark.parametrize("where", ["runner.serving", "_admit", "stop-string check"])
+@pytest.mark.parametrize("where", ["runner.serving", "stepper._admit", "stop-string check"])
 def test_a_fault_fails_the_request_naming_it_and_the_engine_serves_again(
     tiny_model, tokenizer, monkeypatch, where
 ):
@@ -132,7 +132,9 @@ def test_a_stopped_decode_thread_refuses_new_requests_at_once(tiny_model, tokeni
     prompt = _prompt(tokenizer)
     with SamplingClient.from_module(tiny_model, tokenizer) as client:
         engine = client._engine
-        monkeypatch.setattr(engine, "_admit", raise_once(engine._admit, ThreadKiller("boom")))
+        monkeypatch.setattr(
+            engine.stepper, "_admit", raise_once(engine.stepper._admit, ThreadKiller("boom"))
+        )
         with pytest.raises(RuntimeError, match="ThreadKiller: boom"):
             asyncio.run(_sample(client, prompt))
         with pytest.raises(RuntimeError, match=r"decode thread stopped \(ThreadKiller"):

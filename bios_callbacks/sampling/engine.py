@@ -27,8 +27,9 @@ from bios_callbacks.sampling.defaults import (
     DEFAULT_MAX_PREFILL_TOKENS,
 )
 from bios_callbacks.sampling.request import Request, fail
-from bios_callbacks.sampling.runner import Batch, ModelRunner
+from bios_callbacks.sampling.runner import ModelRunner
 from bios_callbacks.sampling.scheduler import Scheduler
+from bios_callbacks.sampling.stepper import Stepper
 
 # Engines still open at interpreter exit are closed first, so no decode thread is left waiting
 # while torch tears down its thread pools.
@@ -89,12 +90,13 @@ class DecodeEngine:
             max_cache_tokens=max_cache_tokens,
             max_prefill_tokens=max_prefill_tokens,
         )
+        self._wakeup = threading.Condition()  # guards the scheduler's queue
+        self.stepper = Stepper(self.runner, self.scheduler, self._wakeup)
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.max_cache_tokens = max_batch_size, max_cache_tokens
         self.context_length = self.runner.context_length
         self.vocab_size = self.runner.vocab_size
         self.admit_window_s = admit_window_s
-        self._wakeup = threading.Condition()  # guards the scheduler's queue
         self._thread: threading.Thread | None = None
         self._closed = False
         self._dead: BaseException | None = None  # why the decode thread stopped, if it did
@@ -189,55 +191,15 @@ class DecodeEngine:
         )
         failure.__cause__ = error
         fail(pending, failure)
+        self.stepper.clear()
 
     def _serve_until_idle(self) -> None:
-        batch: Batch | None = None
-        while True:
-            if batch is not None:
-                batch.drop_abandoned()
-            batch = self._admit(batch)
-            if batch is None:
-                with self._wakeup:
-                    if not self.scheduler.queue or self._closed:
-                        return
-                continue
+        while self.stepper.step():
             if self._closed:
                 error = RuntimeError("The sampling client was closed mid-request.")
-                fail([s.request for s in batch.seqs], error)
+                fail(self.stepper.requests(), error)
+                self.stepper.clear()
                 return
-            try:
-                self.runner.decode(batch)
-            except Exception as error:  # a failed step fails its requests, not the engine
-                fail([s.request for s in batch.seqs], error)
-                batch = None
-
-    def _admit(self, batch: Batch | None) -> Batch | None:
-        """Prefills the samples the scheduler admits, in groups, and joins them to the batch.
-
-        Returns the batch, or None when nothing is decoding.
-        """
-        if batch is not None and not len(batch):
-            batch = None  # a fresh batch rather than new rows padded to a finished one's width
-        with self._wakeup:
-            if batch is not None and not self.scheduler.queue:
-                return batch  # nothing waiting: the usual step
-            if self._closed:
-                return batch
-            rows = len(batch) if batch else 0
-            longest = batch.longest_reservation() if batch else 0
-            parts = self.scheduler.admit(rows=rows, longest=longest)
-        longest = max([longest, *(request.reserved_tokens for request, _ in parts)])
-        for chunk in self.scheduler.prefill_chunks(parts):
-            try:
-                admitted = self.runner.prefill(chunk)
-            except Exception as error:  # e.g. out of memory: fail these requests only
-                fail([request for request, _ in chunk], error)
-                continue
-            if batch is None:
-                batch = admitted
-            elif len(admitted):
-                batch.extend(admitted, headroom=longest)
-        return batch if batch is not None and len(batch) else None
 
 
 def _as_compute_dtype(value: torch.dtype | str | None) -> torch.dtype | None:

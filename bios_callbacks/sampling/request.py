@@ -22,7 +22,9 @@ from bios_callbacks.types import ModelInput, SampledSequence, SampleResponse, Sa
 class Request:
     """One `sample` call: a prompt, how many samples, how to sample, where the answer goes.
 
-    `seed` seeds sample i with `seed + i * stride`: the params' seed, else one drawn by the caller.
+    `seed` seeds sample i with `seed + (first_sample + i) * stride`: the params' seed, else one
+    drawn by the caller. `first_sample` is nonzero when this request is a slice of a larger
+    one (another process decodes the other samples), so each sample keeps its own seed.
     A request with more samples than fit at once joins the batch in waves; `admitted` counts the
     samples already in it. Cancelling `future` drops its rows at the next decode step.
     """
@@ -32,6 +34,7 @@ class Request:
     params: SamplingParams
     max_new_tokens: int
     seed: int = 0
+    first_sample: int = 0
     future: Future = field(default_factory=Future)
     results: list[SampledSequence | None] = field(default_factory=list)
     admitted: int = field(default=0, init=False)

@@ -14,8 +14,9 @@ _SEED_MASK = (1 << 63) - 1
 class Sequence:
     """Sample `index` of `request`: tokens so far, stop conditions and its own generator.
 
-    Sample i is seeded with `request.seed + i * stride`, so its tokens do not depend on which
-    other rows share the batch, nor on the wave it joined in.
+    Sample i is seeded with `request.seed + (request.first_sample + i) * stride`, so its tokens
+    do not depend on which other rows share the batch, on the wave it joined in, nor on which
+    process decodes it.
     """
 
     def __init__(self, request: Request, index: int, stop_ids: set[int], tokenizer) -> None:
@@ -24,7 +25,7 @@ class Sequence:
         self.stop_ids = stop_ids | set(params.stop_token_ids())
         self.stop_strings = params.stop_strings()
         self.window = max((len(s) for s in self.stop_strings), default=0) + 2
-        seed = (request.seed + index * _SEED_STRIDE) & _SEED_MASK
+        seed = (request.seed + (request.first_sample + index) * _SEED_STRIDE) & _SEED_MASK
         self.generator = torch.Generator().manual_seed(seed)
         self.tokens: list[int] = []
         self.logprobs: list[float] = []

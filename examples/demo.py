@@ -138,7 +138,7 @@ def capitals_task():
     )
 
 
-KEY_WIDTH = 50  # the summary's metric-name column
+KEY_WIDTH = 36  # the summary's metric-name column
 
 
 def summarize(run_dir) -> list[str]:

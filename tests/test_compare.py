@@ -38,7 +38,7 @@ from bios_callbacks.models import EMBEDDED_MODEL
 TASKS_FILE = str(Path(__file__).with_name("compare_tasks.py"))
 QUESTIONS = [{"input": f"Question {i}?", "target": "x"} for i in range(8)]
 HELD_OUT = [[101 + 7 * i + j for j in range(4 + i)] for i in range(4)]
-INSPECT_KEY = "eval/InspectEvaluator/parity/even_length/accuracy"
+INSPECT_KEY = "eval/parity/even_length/accuracy"
 OFFLINE_KEY = "parity/even_length/accuracy"
 
 
@@ -142,15 +142,15 @@ def test_standard_errors_reach_every_logger_the_results_file_and_checkpoints(run
         "eval/qa/accuracy_stderr",
         "eval/nll/loss_stderr",
         "eval/first_token/logprob_stderr",
-        "eval/InspectEvaluator/parity/even_length/accuracy_stderr",
-        "eval/InspectEvaluator/parity/even_length/stderr",
+        "eval/parity/even_length/accuracy_stderr",
+        "eval/parity/even_length/stderr",
     ]
     assert all(key in rounds[step] for key in keys for step in (0, 2, 4))
     # the QA standard error is the items' (sample stdev / sqrt(n)); Inspect's keeps its name too
     assert rounds[4]["eval/qa/accuracy_stderr"] == pytest.approx(
         mean_stderr(list(grades(run, 4).values()))
     )
-    inspect_prefix = "eval/InspectEvaluator/parity/even_length/"
+    inspect_prefix = "eval/parity/even_length/"
     assert rounds[4][inspect_prefix + "accuracy_stderr"] == rounds[4][inspect_prefix + "stderr"]
     tensorboard = scalars(run)
     with (run / "metrics.csv").open() as f:

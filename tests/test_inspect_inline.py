@@ -33,12 +33,9 @@ def test_inline_inspect_rounds_keep_progress_bars_working(
     out = capsys.readouterr()
     assert "Epoch 0" in out.out + out.err  # the bar kept drawing after the rounds
     assert "total time" not in out.out + out.err  # Inspect's own summary stayed quiet each round
-    tags = {tag for tag in scalars(trainer.log_dir) if tag.endswith("echo/match/accuracy")}
-    assert len(tags) == 1, scalars(trainer.log_dir).keys()
-    steps = [step for step, _ in scalars(trainer.log_dir)[tags.pop()]]
-    assert steps == [0, 2, 4]
-    [scored] = [tag for tag in scalars(trainer.log_dir) if tag.endswith("echo/match/scored")]
-    assert [value for _, value in scalars(trainer.log_dir)[scored]] == [3, 3, 3]  # limit=3
+    logged = scalars(trainer.log_dir)
+    assert [step for step, _ in logged["eval/echo/match/accuracy"]] == [0, 2, 4]
+    assert [value for _, value in logged["eval/echo/match/scored"]] == [3, 3, 3]  # limit=3
     # The callback hands the run's log directory and the step to the evaluator.
     logs = sorted((Path(trainer.log_dir) / "inspect_logs").glob("*.eval"))
     from inspect_ai.log import read_eval_log
@@ -47,6 +44,36 @@ def test_inline_inspect_rounds_keep_progress_bars_working(
     assert tags == ["step-0", "step-2", "step-4"]
     rows = [json.loads(line) for line in (Path(trainer.log_dir) / "eval_results.jsonl").open()]
     assert len(rows) == 3
+
+
+def test_inspect_metrics_go_under_task_names_that_never_clash(tiny_model, tokenizer, tmp_path):
+    def builder(*tasks: str) -> InspectEvaluatorBuilder:
+        return InspectEvaluatorBuilder(
+            tasks=[f"{FIXTURE}@{task}" for task in tasks],
+            renderer_name="chatml",
+            limit=2,
+            max_tokens=2,
+        )
+
+    callback = EvalCallback(
+        evaluator_builders=[builder("echo"), builder("partly_broken")],
+        infrequent_evaluator_builders=[builder("echo"), builder("echo", "partly_broken")],
+        eval_every=5,
+        infrequent_eval_every=5,
+        progress=False,
+    )
+    trainer = make_trainer(tmp_path, [callback], max_steps=1)
+    trainer.fit(TinyLM(tiny_model, tokenizer), token_loader(num=2))
+
+    tags = {tag for tag in scalars(trainer.log_dir) if tag.startswith("eval/")}
+    assert {
+        "eval/echo/match/accuracy",
+        "eval/partly_broken/fails_on_sample_one/accuracy",
+        "eval/echo_2/match/accuracy",  # a second evaluator of the same task
+        "eval/inspect/echo/match/accuracy",  # a builder of two tasks names each
+        "eval/inspect/partly_broken/fails_on_sample_one/accuracy",
+    } <= tags, tags
+    assert not [tag for tag in tags if "InspectEvaluator" in tag]
 
 
 def test_unscored_samples_are_counted_and_named(

@@ -9,13 +9,18 @@ Example:
     >>> callback = EvalCallback(infrequent_evaluator_builders=[builder], infrequent_eval_every=100)
     ... # doctest: +SKIP
 
-Each round reports every scorer's metrics as `<task>/<scorer>/<metric>`, with
-`<task>/<scorer>/scored` and `<task>/<scorer>/unscored` next to them: Inspect's metrics count
-only the samples a scorer scored (a judge may give no verdict, a sample may fail), and a warning
-names the unscored ones. Inspect's own standard error stays `<task>/<scorer>/stderr`; it is the
-standard error of the scorer's mean, so it is also reported under this package's
-`<metric>_stderr` name next to each mean metric (`accuracy`, `mean`):
-`<task>/<scorer>/accuracy_stderr` (see `with_stderr_names`).
+Metrics go under the task's name: `EvalCallback` logs the builder above as
+`eval/capitals/<scorer>/<metric>` (the evaluator is named after its task, and returns
+`<scorer>/<metric>`). A second evaluator of the same task is `eval/capitals_2/...`. A builder of
+several tasks runs them together in one Inspect `eval` and is named `inspect`: its metrics are
+`eval/inspect/<task>/<scorer>/<metric>` (give one builder per task for `eval/<task>/...`).
+
+Each scorer's metrics come with `<scorer>/scored` and `<scorer>/unscored` next to them:
+Inspect's metrics count only the samples a scorer scored (a judge may give no verdict, a sample
+may fail), and a warning names the unscored ones. Inspect's own standard error stays
+`<scorer>/stderr`; it is the standard error of the scorer's mean, so it is also reported under
+this package's `<metric>_stderr` name next to each mean metric (`accuracy`, `mean`):
+`<scorer>/accuracy_stderr` (see `with_stderr_names`).
 
 The Inspect log goes under `<log_dir>/inspect_logs`, tagged `step-<N>` (see them with
 `inspect view --log-dir <log_dir>/inspect_logs`): under `EvalCallback` the run's log directory,
@@ -36,12 +41,14 @@ logger = logging.getLogger(__name__)
 
 LOG_SUBDIR = "inspect_logs"
 V = TypeVar("V")
+MULTI_TASK_NAME = "inspect"
+"""The name of an evaluator of several tasks (one of one task is named after it)."""
 MEAN_METRICS = ("accuracy", "mean")
 """Inspect metrics that are the mean of a scorer's values, the mean its `stderr()` is for."""
 
 
 def with_stderr_names(metrics: dict[str, V]) -> dict[str, V]:
-    """`metrics` plus `<task>/<scorer>/<mean metric>_stderr` copies of each scorer's Inspect
+    """`metrics` plus `[<task>/]<scorer>/<mean metric>_stderr` copies of each scorer's Inspect
     `stderr`, the name every other evaluator's standard error has (the values may be numbers
     or anything else kept per metric, such as values by step).
 
@@ -108,11 +115,18 @@ class InspectEvaluatorBuilder:
 
 
 class InspectEvaluator(SamplingClientEvaluator):
-    """Runs Inspect tasks on the sampling client it is called with; made by the builder."""
+    """Runs Inspect tasks on the sampling client it is called with; made by the builder.
+
+    `name` (where `EvalCallback` logs it, `eval/<name>/...`) is its task's name, or `inspect`
+    when it runs several tasks.
+    """
 
     def __init__(self, builder: InspectEvaluatorBuilder, tasks: list[Any]) -> None:
+        from bios_callbacks.eval.inspect_tasks import task_short_name
+
         self.builder = builder
         self.tasks = tasks
+        self.name = task_short_name(tasks[0].name) if len(tasks) == 1 else MULTI_TASK_NAME
         self.log_dir: Path | None = builder.log_dir
         self.step: int | None = None
         self.rounds = 0
@@ -127,8 +141,9 @@ class InspectEvaluator(SamplingClientEvaluator):
         self.step = step
 
     async def __call__(self, sampling_client: Any) -> dict[str, float]:
-        """Runs every task once and returns `<task>/<scorer>/<metric>` metrics (with
-        `<task>/<scorer>/accuracy_stderr` beside Inspect's `stderr`)."""
+        """Runs every task once and returns `<scorer>/<metric>` metrics, or
+        `<task>/<scorer>/<metric>` when it runs several tasks (with `accuracy_stderr` beside
+        Inspect's `stderr`)."""
         from inspect_ai.model import GenerateConfig, Model
 
         from bios_callbacks.eval.inspect_runner import run_tasks
@@ -158,7 +173,10 @@ class InspectEvaluator(SamplingClientEvaluator):
         if failed:
             logger.error("Inspect task(s) failed, reporting the others: %s", summary)
         self._transcripts = [item for r in results for item in r.transcripts]
-        return with_stderr_names({key: value for r in results for key, value in r.metrics.items()})
+        metrics = {key: value for r in results for key, value in r.metrics.items()}
+        if len(self.tasks) == 1:  # the evaluator's name is the task's
+            metrics = {key.removeprefix(f"{results[0].task}/"): v for key, v in metrics.items()}
+        return with_stderr_names(metrics)
 
     def inspect_log_dir(self) -> Path:
         """Where this evaluator's Inspect logs go: `<run log dir or root>/inspect_logs`."""

@@ -1,7 +1,8 @@
 """`key=value` command-line words, read by the field types of a dataclass: the one parser
 behind every command line here (the trainers, the examples, run_inspect_evals).
 
-Strings stay strings (`run_name=007` is "007"), numbers must parse, lists are comma-separated,
+Strings stay strings (`run_name=007` is "007"), numbers must parse, lists are comma-separated
+(each item stripped of surrounding spaces),
 `true`/`false` are booleans and `none` is None where the field allows it. (tinker-cookbook uses
 `chz` for this; its configs are `@chz.chz` classes with nested dotted keys, while ours are plain
 public dataclasses with flat keys, which this reads without a dependency.)
@@ -13,7 +14,7 @@ Example:
     ...     steps: int = 20
     ...     run_name: str | None = None
     ...     tasks: list[str] | None = None
-    >>> parse_words(Args, ["steps=5", "run_name=007", "tasks=a,b"])
+    >>> parse_words(Args, ["steps=5", "run_name=007", "tasks=a, b"])
     {'steps': 5, 'run_name': '007', 'tasks': ['a', 'b']}
 """
 
@@ -72,7 +73,7 @@ def _parse_value(key: str, raw: str, hint: Any) -> Any:
     if str in kinds:
         return raw
     if list in kinds:
-        return [part for part in raw.split(",") if part]
+        return [part.strip() for part in raw.split(",") if part.strip()]
     if bool in kinds:
         if raw.lower() not in _BOOL_WORDS:
             raise ValueError(f"{key}={raw}: expected true or false.")

@@ -43,10 +43,14 @@ def checkpoint(tiny_model, tokenizer, tmp_path):
 
 
 def test_bad_key_names_the_valid_keys():
-    with pytest.raises(UsageError, match=r"valid keys: .*tasks.*model_path"):
+    with pytest.raises(UsageError, match=r"(?i)valid keys: .*tasks.*model_path"):
         parse_args(["model_pth=x", "tasks=a.py@t"])
-    with pytest.raises(UsageError, match="limit"):
+    with pytest.raises(UsageError, match="limit=ten: expected an integer"):
         parse_args(["model_name=m", "tasks=a.py@t", "limit=ten"])
+    with pytest.raises(UsageError, match=r"base_url='localhost:8000': expected an http\(s\) URL"):
+        parse_args(["model_name=m", "tasks=a.py@t", "base_url=localhost:8000"])
+    with pytest.raises(UsageError, match="Missing tasks="):
+        parse_args(["model_name=m", "tasks=,"])
     with pytest.raises(UsageError, match=r"dtype='fp8': expected one of \['float32', 'bfloat16'\]"):
         parse_args(["model_name=m", "tasks=a.py@t", "dtype=fp8"])
     assert main(["tasks=a.py@t", "model_nme=m"]) == 2
@@ -55,6 +59,12 @@ def test_bad_key_names_the_valid_keys():
     with pytest.raises(UsageError, match="max_connections=0: expected an integer >= 1"):
         parse_args(["model_name=m", "tasks=a.py@t", "max_connections=0"])
     assert main(["tasks=no_such_task", f"model_name={EMBEDDED_MODEL}"]) == 2
+
+
+def test_words_are_read_by_the_fields_types():
+    args = parse_args(["tasks=a.py@t, b:t", "model_name=m", "--limit=5", "temperature=0.5"])
+    assert args.tasks == ["a.py@t", "b:t"]
+    assert (args.limit, args.temperature, args.model_path) == (5, 0.5, None)
 
 
 def test_unknown_task_in_an_existing_file_exits_2_listing_its_tasks():

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bios_callbacks.key_value import parse_words
 from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_CONNECTIONS
 
 USAGE = __doc__ or ""
@@ -65,68 +66,51 @@ class EvalArgs:
     base_url: str | None = None
 
 
-_CONVERTERS: dict[str, Any] = {
-    "tasks": lambda v: [t.strip() for t in v.split(",") if t.strip()],
-    "limit": int,
-    "temperature": float,
-    "max_tokens": int,
-    "max_connections": int,
-    "dtype": lambda v: _choice("dtype", v, ("float32", "bfloat16")),
-    "base_url": lambda v: _http_url(v),
-}
-VALID_KEYS = [f.name for f in dataclasses.fields(EvalArgs)]
-
-
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise UsageError(f"{key}={value!r}: expected one of {list(choices)}.")
-    return value
-
-
-def _http_url(value: str) -> str:
-    if not re.match(r"https?://[^/]+", value):
-        raise ValueError("expected an http(s) URL such as http://127.0.0.1:8000/v1")
-    return value
+DTYPES = ("float32", "bfloat16")
 
 
 def parse_args(argv: list[str]) -> EvalArgs:
-    """Parses `key=value` arguments.
+    """Parses `key=value` arguments, typed by `EvalArgs`'s fields (`bios_callbacks.key_value`,
+    the parser of every command line here), then checks them together.
 
     Example:
         >>> parse_args(["tasks=a.py@t,b:t", "model_name=m", "limit=5"]).tasks
         ['a.py@t', 'b:t']
+        >>> parse_args(["tasks=a.py@t", "model_name=m", "limit=0"])
+        Traceback (most recent call last):
+        ...
+        bios_callbacks.eval.run_inspect_evals.UsageError: limit=0: expected an integer >= 1.
     """
-    values: dict[str, Any] = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("-")
-        if not sep:
-            raise UsageError(f"Argument {arg!r} is not key=value; valid keys: {VALID_KEYS}.")
-        if key not in VALID_KEYS:
-            raise UsageError(f"Unknown key {key!r}; valid keys: {VALID_KEYS}.")
-        try:
-            values[key] = _CONVERTERS.get(key, str)(value)
-        except ValueError as error:
-            raise UsageError(f"Bad value for {key}: {value!r} ({error}).") from error
+    try:  # `--limit=5` reads as `limit=5`
+        values = parse_words(EvalArgs, [word.lstrip("-") for word in argv])
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if not values.get("tasks"):
         raise UsageError("Missing tasks=...: e.g. tasks=inspect_evals/ifeval,my_tasks.py@qa.")
-    if not values.get("model_path") and not values.get("model_name"):
+    args = EvalArgs(**values)
+    if not args.model_path and not args.model_name:
         raise UsageError("Give model_path=<checkpoint dir or bios://run/name> or model_name=...")
     for key in ("limit", "max_tokens", "max_connections"):
-        if values.get(key) is not None and values[key] < 1:
-            raise UsageError(f"{key}={values[key]}: expected an integer >= 1.")
-    if values.get("temperature", 0.0) < 0:
-        raise UsageError(f"temperature={values['temperature']}: expected >= 0 (0 is greedy).")
-    renderer = values.get("renderer_name")
-    if renderer is not None:
+        value = getattr(args, key)
+        if value is not None and value < 1:
+            raise UsageError(f"{key}={value}: expected an integer >= 1.")
+    if args.temperature < 0:
+        raise UsageError(f"temperature={args.temperature}: expected >= 0 (0 is greedy).")
+    if args.dtype not in DTYPES:
+        raise UsageError(f"dtype={args.dtype!r}: expected one of {list(DTYPES)}.")
+    if args.base_url is not None and not re.match(r"https?://[^/]+", args.base_url):
+        raise UsageError(
+            f"base_url={args.base_url!r}: expected an http(s) URL such as http://127.0.0.1:8000/v1."
+        )
+    if args.renderer_name is not None:
         from bios_callbacks.renderers import renderer_names
 
-        if renderer not in renderer_names():
+        if args.renderer_name not in renderer_names():
             raise UsageError(
-                f"renderer_name={renderer!r}: expected one of {renderer_names()}, or omit it "
-                "to use the checkpoint's (else the model's default)."
+                f"renderer_name={args.renderer_name!r}: expected one of {renderer_names()}, or "
+                "omit it to use the checkpoint's (else the model's default)."
             )
-    return EvalArgs(**values)
+    return args
 
 
 def run(args: EvalArgs) -> int:

@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import weakref
-from collections.abc import Sequence
+import threading
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,10 +41,11 @@ from bios_callbacks.evaluators.base import Transcript
 
 logger = logging.getLogger(__name__)
 
-# Inspect allows one eval_async at a time per process; evaluators of one round share a loop.
-_EVAL_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-    weakref.WeakKeyDictionary()
-)
+# Inspect allows one eval_async at a time per process. Evaluators of one round share an event
+# loop, a background round (EvalCallback(async_infrequent=True)) has its own in another thread:
+# one lock for all, taken without blocking any event loop.
+_EVAL_LOCK = threading.Lock()
+_LOCK_POLL_S = 0.05
 
 
 @dataclass
@@ -78,9 +80,12 @@ async def run_tasks(
     metadata: dict[str, Any] | None = None,
     model_roles: dict[str, Model] | None = None,
 ) -> list[TaskResult]:
-    """Runs `tasks` on `model` with `eval_async` and returns one `TaskResult` per task."""
-    lock = _EVAL_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-    async with lock:
+    """Runs `tasks` on `model` with `eval_async` and returns one `TaskResult` per task.
+
+    Inspect runs one evaluation at a time per process, so a call made while another is running
+    (another evaluator of the round, or a background round in its own thread) waits for it.
+    """
+    async with _one_eval_at_a_time():
         with preserved_terminal():
             inspect_private.quiet_display()
             logs = await eval_async(
@@ -97,6 +102,23 @@ async def run_tasks(
                 log_level="warning",
             )
     return [result_from_log(log) for log in logs]
+
+
+@asynccontextmanager
+async def _one_eval_at_a_time() -> AsyncIterator[None]:
+    """Holds the process-wide Inspect lock. Waiting polls it, so the event loop goes on, and a
+    cancelled wait (an evaluator's timeout) leaves the lock as it was."""
+    if not _EVAL_LOCK.acquire(blocking=False):
+        logger.info(
+            "Waiting for another Inspect evaluation in this process to finish (Inspect runs "
+            "one at a time)."
+        )
+        while not _EVAL_LOCK.acquire(blocking=False):
+            await asyncio.sleep(_LOCK_POLL_S)
+    try:
+        yield
+    finally:
+        _EVAL_LOCK.release()
 
 
 def result_from_log(log: EvalLog) -> TaskResult:

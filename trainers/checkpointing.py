@@ -135,11 +135,13 @@ class CheckpointSaver(L.Callback):
                 base_model=self.base_model,
                 renderer_name=self.renderer_name,
                 step=step,
-                eval_results=latest_results(trainer, pl_module),
                 # the full loop state (optimizer, callbacks), not Lightning's weights-only dump
                 extra_files=lambda staging: trainer.save_checkpoint(
                     staging / TRAINER_STATE, weights_only=False
                 ),
+                # read after that: EvalCallback.on_save_checkpoint logs a pending background
+                # round first, so the metadata has it (as the trainer state does)
+                eval_results=lambda: latest_results(trainer, pl_module),
             )
         self.last_saved = step
         self.saved.append(path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,7 +56,7 @@ def save_checkpoint(
     base_model: str,
     renderer_name: str,
     step: int,
-    eval_results: dict[str, float] | None = None,
+    eval_results: Mapping[str, float] | Callable[[], Mapping[str, float]] | None = None,
     extra_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write `model` (or its LoRA adapter, for a peft model), `tokenizer` and metadata to `path`.
@@ -65,8 +65,11 @@ def save_checkpoint(
     directory next to it and swapped into place, so an older checkpoint of the same name stays
     whole until the new one is complete. Only a checkpoint or an empty directory is replaced;
     anything else at `path` is an error. `extra_files(directory)` may add files (e.g. trainer
-    state) to the checkpoint before it appears. A LoRA checkpoint records a directory or
-    `bios://` `base_model` as an absolute path. Returns the checkpoint directory.
+    state) to the checkpoint before it appears. `eval_results` may be a function, called after
+    `extra_files`, for results that writing those files completes (the trainers' checkpoints:
+    saving Lightning's state logs a pending background evaluation round first). A LoRA
+    checkpoint records a directory or `bios://` `base_model` as an absolute path. Returns the
+    checkpoint directory.
 
     Example:
         >>> save_checkpoint("runs/demo/checkpoints/final", model, tokenizer,  # doctest: +SKIP
@@ -82,20 +85,22 @@ def save_checkpoint(
         )
     _check_replaceable(target)
     is_lora = _is_peft_model(model)
-    metadata = CheckpointMetadata(
-        base_model=_absolute_base(base_model) if is_lora else base_model,
-        renderer_name=renderer_name,
-        step=step,
-        eval_results=dict(eval_results or {}),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        library_version=_library_version(),
-        weights=WEIGHTS_LORA if is_lora else WEIGHTS_FULL,
-    )
+    base = _absolute_base(base_model) if is_lora else base_model
     with atomic_directory(target, replace=True) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         if extra_files is not None:
             extra_files(staging)
+        results = eval_results() if callable(eval_results) else eval_results
+        metadata = CheckpointMetadata(
+            base_model=base,
+            renderer_name=renderer_name,
+            step=step,
+            eval_results=dict(results or {}),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            library_version=_library_version(),
+            weights=WEIGHTS_LORA if is_lora else WEIGHTS_FULL,
+        )
         (staging / CHECKPOINT_METADATA_FILE).write_text(json.dumps(asdict(metadata), indent=2))
     return target
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 import torch
@@ -71,6 +72,45 @@ def test_nll_from_conversations_scores_assistant_turns(tiny_model, tokenizer):
     logprobs = client.compute_logprobs([example.tokens])[0]
     scored = -sum(lp * w for lp, w in zip(logprobs, weights, strict=True)) / sum(weights)
     assert loss == pytest.approx(scored, rel=1e-5)  # only the reply's tokens count
+
+
+def test_bits_per_byte_is_the_nll_in_bits_over_the_texts_utf8_bytes(tiny_model, tokenizer):
+    text = "The capital of France is Paris. Ünïcödé ✓"
+    tokens = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.decode(tokens[:1]) == "The"  # the first token is never scored
+    client = TrainingClient.from_module(tiny_model, tokenizer)  # bpb uses the client's tokenizer
+    result = asyncio.run(NLLEvaluator([tokens])(client))
+
+    nll_total = -sum(client.compute_logprobs([tokens])[0])
+    scored_bytes = len(text.encode("utf-8")) - len(b"The")  # 41 characters, 47 bytes in all
+    assert result["bpb"] == pytest.approx(nll_total / (math.log(2) * scored_bytes), rel=1e-6)
+    assert result["nll"] == result["loss"] == pytest.approx(nll_total / (len(tokens) - 1))
+    # without a tokenizer there is no text to count bytes of: the loss alone
+    assert "bpb" not in asyncio.run(NLLEvaluator([tokens])(TrainingClient(tiny_model)))
+
+
+def test_bits_per_byte_of_chats_leave_out_end_of_turn_markers(tiny_model, tokenizer):
+    renderer = get_renderer(name="chatml", tokenizer=tokenizer)
+    chats = [
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Héllo ✓ there"}],
+        [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+    ]
+    client = TrainingClient.from_module(tiny_model)  # no tokenizer: the renderer's is used
+    result = asyncio.run(NLLEvaluator.from_conversations(chats, renderer, name="test")(client))
+
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    bits, replies = 0.0, 0
+    for chat in chats:
+        example = renderer.build_supervised_example(chat, "all_assistant_messages")
+        logprobs = client.compute_logprobs([example.tokens])[0]
+        for token, weight, logprob in zip(
+            example.tokens[1:], example.weights.tolist()[1:], logprobs, strict=True
+        ):
+            if weight > 0 and token != end_of_turn:  # the marker is trained, but has no text
+                bits -= logprob / math.log(2)
+        replies += len(chat[-1]["content"].encode("utf-8"))
+    assert result["bpb"] == pytest.approx(bits / replies, rel=1e-6)
+    assert result["bpb_stderr"] > 0 and result["nll_stderr"] == result["loss_stderr"]
 
 
 @pytest.mark.parametrize(

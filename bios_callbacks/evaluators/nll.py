@@ -1,7 +1,8 @@
-"""Held-out loss: mean per-token negative log-likelihood of weighted examples."""
+"""Held-out loss: mean per-token negative log-likelihood of weighted examples, and bits per byte."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,23 +40,47 @@ def _tokens_and_weights(example: Any, index: int) -> tuple[list[int], list[float
     return tokens, weights
 
 
+def _counted_bytes(tokens: list[int], counted: list[bool], tokenizer: Any) -> int:
+    """UTF-8 bytes of the counted tokens' text, each run of counted tokens decoded together
+    (a character split across tokens is counted once)."""
+    runs: list[list[int]] = [[]]
+    for token, is_counted in zip(tokens, counted, strict=True):
+        if is_counted:
+            runs[-1].append(token)
+        elif runs[-1]:
+            runs.append([])
+    return sum(
+        len(tokenizer.decode(run, skip_special_tokens=False).encode("utf-8")) for run in runs if run
+    )
+
+
 class NLLEvaluator(TrainingClientEvaluator):
-    """Test loss: weighted mean of ``-log p(token | prefix)`` over held-out examples.
+    """Test loss: weighted mean of ``-log p(token | prefix)`` over held-out examples, and bits
+    per byte.
 
     Each example is a token list (every token but the first counts), a ``(tokens, weights)``
     pair, a dict with ``tokens``/``weights``, or a renderer's ``SupervisedExample`` (weight 1 on
     assistant tokens). The weight of token j scales the loss of predicting it from tokens[:j].
-    Returns ``{"loss": mean per-token NLL, "loss_stderr": its standard error}``: the loss is a
-    ratio (all examples' weighted NLL over all their weights), so its standard error treats
-    each example as one draw (delta method, clustered by example); it is left out with fewer
-    than two weighted examples.
+
+    Returns ``loss`` (mean per-token NLL in nats) and ``nll`` (the same number under
+    tinker-cookbook's name), each with ``<name>_stderr``: the loss is a ratio (all examples'
+    weighted NLL over all their weights), so its standard error treats each example as one draw
+    (delta method, clustered by example); it is left out with fewer than two weighted examples.
+
+    With a tokenizer (``tokenizer=``, else the training client's) it also returns ``bpb``, bits
+    per byte as tinker-cookbook computes it: ``sum(-log p) / (ln 2 * bytes)`` over the tokens
+    with weight > 0 that are not special tokens (end-of-turn markers carry no text), where
+    ``bytes`` is the UTF-8 length of those tokens' text. Unlike the per-token loss it does not
+    depend on the tokenizer, so it compares models with different vocabularies. ``bpb_stderr``
+    comes with it; both are left out when the counted tokens have no text.
 
     Example:
         >>> from bios_callbacks.renderers import get_renderer          # doctest: +SKIP
         >>> renderer = get_renderer(name="chatml", tokenizer=tokenizer)  # doctest: +SKIP
         >>> evaluator = NLLEvaluator.from_conversations(held_out_chats, renderer)  # doctest: +SKIP
         >>> await evaluator(training_client)                            # doctest: +SKIP
-        {'loss': 2.31, 'loss_stderr': 0.08}
+        {'loss': 2.31, 'loss_stderr': 0.08, 'nll': 2.31, 'nll_stderr': 0.08, 'bpb': 0.93,
+         'bpb_stderr': 0.03}
     """
 
     def __init__(
@@ -64,6 +89,7 @@ class NLLEvaluator(TrainingClientEvaluator):
         *,
         name: str = "nll",
         prompts: Sequence[str] = (),
+        tokenizer: Any = None,
     ):
         if len(examples) == 0:
             raise ValueError("NLLEvaluator got no examples: pass at least one held-out example.")
@@ -74,6 +100,7 @@ class NLLEvaluator(TrainingClientEvaluator):
                 "average; put weight 1 on the tokens to score."
             )
         self.name = name
+        self.tokenizer = tokenizer
         self._prompts = list(prompts)
 
     @classmethod
@@ -85,7 +112,7 @@ class NLLEvaluator(TrainingClientEvaluator):
         name: str = "nll",
     ) -> NLLEvaluator:
         """Builds examples with ``renderer.build_supervised_example`` (loss on every assistant
-        message: ``TrainOnWhat.ALL_ASSISTANT_MESSAGES``).
+        message: ``TrainOnWhat.ALL_ASSISTANT_MESSAGES``); bits per byte use its tokenizer.
 
         Example:
             >>> NLLEvaluator.from_conversations(  # doctest: +SKIP
@@ -98,7 +125,7 @@ class NLLEvaluator(TrainingClientEvaluator):
             for c in conversations
         ]
         prompts = [m["content"] for c in conversations for m in c if m.get("role") == "user"]
-        return cls(examples, name=name, prompts=prompts)
+        return cls(examples, name=name, prompts=prompts, tokenizer=renderer.tokenizer)
 
     def eval_prompts(self) -> Sequence[str]:
         """The user turns of the held-out conversations (when built from conversations)."""
@@ -112,8 +139,31 @@ class NLLEvaluator(TrainingClientEvaluator):
             pairs = list(zip(weights[1:], lps, strict=True))
             nll_sums.append(-sum(weight * lp for weight, lp in pairs))
             weight_sums.append(sum(weight for weight, _ in pairs))
-        result = {"loss": sum(nll_sums) / sum(weight_sums)}
+        loss = sum(nll_sums) / sum(weight_sums)
         stderr = ratio_stderr(nll_sums, weight_sums)
+        result: dict[str, float] = {}
+        for key in ("loss", "nll"):  # nll: tinker-cookbook's name for the same number
+            result[key] = loss
+            if stderr is not None:
+                result[f"{key}_stderr"] = stderr
+        tokenizer = self.tokenizer or getattr(training_client, "tokenizer", None)
+        if tokenizer is not None:
+            result |= self._bits_per_byte(logprobs, tokenizer)
+        return result
+
+    def _bits_per_byte(self, logprobs: list[list[float]], tokenizer: Any) -> dict[str, float]:
+        special = set(getattr(tokenizer, "all_special_ids", None) or ())
+        bits: list[float] = []  # per example: the counted tokens' NLL in bits, and their bytes
+        byte_counts: list[float] = []
+        for (tokens, weights), lps in zip(self.examples, logprobs, strict=True):
+            counted = [w > 0 and t not in special for t, w in zip(tokens, weights, strict=True)]
+            counted[0] = False  # the first token has no prefix: never scored
+            bits.append(-sum(lp for lp, c in zip(lps, counted[1:], strict=True) if c) / math.log(2))
+            byte_counts.append(float(_counted_bytes(tokens, counted, tokenizer)))
+        if sum(byte_counts) == 0:
+            return {}
+        result = {"bpb": sum(bits) / sum(byte_counts)}
+        stderr = ratio_stderr(bits, byte_counts)
         if stderr is not None:
-            result["loss_stderr"] = stderr
+            result["bpb_stderr"] = stderr
         return result

@@ -15,6 +15,7 @@ import torch
 from bios_callbacks.models.tokens import pad_token_id
 from bios_callbacks.models.train_flags import evaluation_mode
 from bios_callbacks.sampling.kv_cache import BatchCache
+from bios_callbacks.sampling.packed_linear import packed_linears
 from bios_callbacks.sampling.prefix_cache import PrefixCache, SharedPrefix
 from bios_callbacks.sampling.request import Part
 from bios_callbacks.sampling.sequence import Sequence
@@ -106,16 +107,16 @@ class ModelRunner:
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[None]:
-        """One busy period: no gradients, eval mode (flags restored after), autocast, and a
-        prefix cache checked against the weights (a live model changes between periods)."""
+        """One busy period: no gradients, eval mode (flags restored after), autocast or packed
+        float32 weights (`packed_linear`), and a prefix cache checked against the weights (a live
+        model changes between periods)."""
         if self._prefixes is not None:
             self._prefixes.check_weights(self.model)
-        autocast = (
-            contextlib.nullcontext()
-            if self.compute_dtype is None
-            else torch.autocast(self.device.type, dtype=self.compute_dtype)
-        )
-        with torch.no_grad(), evaluation_mode(self.model), autocast:
+        if self.compute_dtype is not None:
+            speedup = torch.autocast(self.device.type, dtype=self.compute_dtype)
+        else:
+            speedup = packed_linears(self.model)
+        with torch.no_grad(), evaluation_mode(self.model), speedup:
             yield
 
     def prefill(self, parts: list[Part]) -> Batch:

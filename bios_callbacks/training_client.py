@@ -120,8 +120,15 @@ class TrainingClient:
                     f"sequence {i} has {len(tokens)} token(s): log-probs need at least 2 tokens "
                     "(a prefix and a token to score)."
                 )
+        return self._score(token_lists, stop)
+
+    def _score(
+        self, token_lists: list[list[int]], stop: threading.Event | None
+    ) -> list[list[float]]:
+        """Scores checked sequences on this process's model, batch by batch."""
         import torch
 
+        from bios_callbacks.models.token_logprobs import score_sequences
         from bios_callbacks.models.train_flags import evaluation_mode
 
         def stopped() -> bool:
@@ -136,13 +143,5 @@ class TrainingClient:
                     if stopped():
                         raise concurrent.futures.CancelledError("the caller stopped waiting")
                     batch = token_lists[start : start + self.max_batch_size]
-                    results.extend(self._score_batch(batch))
+                    results.extend(score_sequences(self.model, batch))
         return results
-
-    def _score_batch(self, batch: list[list[int]]) -> list[list[float]]:
-        from bios_callbacks.models.token_logprobs import ShiftedBatch, token_logprobs
-
-        device = next(self.model.parameters()).device
-        shifted = ShiftedBatch.of(batch, pad_id=0).to(device)  # padding is masked: any id works
-        rows = token_logprobs(self.model, shifted).cpu().tolist()
-        return [row[:n] for row, n in zip(rows, shifted.lengths, strict=True)]

@@ -324,13 +324,33 @@ def test_timed_out_generation_is_abandoned_and_flags_restored(tmp_path, tokenize
     assert [s for s, _ in tags["eval/gen/tokens"]] == [0, 1, 2]
 
 
-def test_sharded_strategies_are_refused_at_setup():
-    # Lightning's FSDP needs a GPU, so no Trainer can be built with it here: hand the callback a
-    # stand-in trainer holding a real FSDPStrategy, as Lightning would on a GPU machine.
+def test_deepspeed_is_refused_at_setup_naming_the_strategies_that_work():
+    # DeepSpeed is not installed here (it needs a GPU): hand the callback a stand-in trainer
+    # holding an uninitialized DeepSpeedStrategy, which is all the check looks at.
     from types import SimpleNamespace
 
-    from lightning.pytorch.strategies import FSDPStrategy
+    from lightning.pytorch.strategies import DeepSpeedStrategy
 
+    strategy = DeepSpeedStrategy.__new__(DeepSpeedStrategy)
     callback = EvalCallback(evaluator_builders=[lambda: NLLEvaluator([[1, 2, 3]])], eval_every=1)
-    with pytest.raises(RuntimeError, match=r"FSDPStrategy.*strategy='ddp'"):
-        callback.setup(SimpleNamespace(strategy=FSDPStrategy()), None, "fit")
+    with pytest.raises(RuntimeError, match=r"DeepSpeedStrategy.*strategy='ddp'.*fully_shard"):
+        callback.setup(SimpleNamespace(strategy=strategy), None, "fit")
+
+
+@pytest.mark.parametrize("problem", ["own clients", "async_infrequent"])
+def test_a_sharded_run_that_cannot_split_rounds_is_refused_at_setup(tiny_model, tokenizer, problem):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    module = TinyLM(tiny_model, tokenizer)
+    if problem == "own clients":
+        module.make_sampling_client = lambda: None
+    callback = EvalCallback(
+        infrequent_evaluator_builders=[lambda: NLLEvaluator([[1, 2, 3]])],
+        async_infrequent=problem == "async_infrequent",
+    )
+    trainer = SimpleNamespace(strategy=ModelParallelStrategy(), world_size=2)
+    expected = r"remove them" if problem == "own clients" else r"async_infrequent=False"
+    with pytest.raises((TypeError, ValueError), match=expected):
+        callback.setup(trainer, module, "fit")

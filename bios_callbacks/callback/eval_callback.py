@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -50,12 +50,19 @@ from bios_callbacks.callback.background import BackgroundRounds
 from bios_callbacks.callback.console import RoundConsole, printer
 from bios_callbacks.callback.held_out import HookFailure, check_held_out
 from bios_callbacks.callback.lightning_private import step_checkpoint_due
-from bios_callbacks.callback.live_clients import LiveClients, check_module, check_snapshot_module
+from bios_callbacks.callback.live_clients import (
+    LiveClients,
+    can_split,
+    check_module,
+    check_shardable,
+    check_snapshot_module,
+)
 from bios_callbacks.callback.publish import publish, report_failures
 from bios_callbacks.callback.results import ResultsFile, RoundRecord
 from bios_callbacks.callback.round import EvaluatorSlot, RoundOutcome, name_slots, run_round
 from bios_callbacks.callback.run_sync import run_sync
 from bios_callbacks.callback.schedule import EvaluatorList, check_interval
+from bios_callbacks.distributed.rounds import SplitRounds
 from bios_callbacks.evaluators.base import (
     EvaluatorBuilder,
     SamplingClientEvaluator,
@@ -169,6 +176,7 @@ class EvalCallback(Callback):
         self._held_out_checked = False
         self._hook_failures: list[HookFailure] = []
         self._background: BackgroundRounds | None = None
+        self._split: SplitRounds | None = None
 
     @property
     def state_key(self) -> str:
@@ -202,13 +210,22 @@ class EvalCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or not self._enabled():
             return
-        _reject_sharded(trainer)
+        sharded = _sharded(trainer)
         self._name_slots()
         kinds = {client_kind(s.evaluator) for s in self._slots() if s.evaluator is not None}
         check_module(
             pl_module, needs_sampling="sampling" in kinds, needs_training="training" in kinds
         )
+        if sharded:
+            check_shardable(pl_module, type(trainer.strategy).__name__, self.async_infrequent)
         self._clients = LiveClients(pl_module, self.sampling_options)
+        if trainer.world_size > 1 and can_split(pl_module) and self._split is None:
+            self._split = SplitRounds(
+                pl_module.model,
+                pl_module.tokenizer,
+                sharded=sharded,
+                sampling_options=self.sampling_options,
+            )
         self._log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero:
             self._results = ResultsFile(self._log_dir)
@@ -285,6 +302,9 @@ class EvalCallback(Callback):
         if self._background is not None:
             self._background.close()
             self._background = None
+        if self._split is not None:
+            self._split.close()
+            self._split = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -409,20 +429,28 @@ class EvalCallback(Callback):
         )
         console.started(names)
         start = time.perf_counter()
-        with _preserved_state(pl_module):
-            outcome = run_sync(
-                run_round(
-                    slots,
-                    self._clients,
-                    timeout_s=self.evaluator_timeout_s,
-                    context={"log_dir": self._log_dir, "step": step},
-                    on_done=console.evaluator_done,
-                    on_progress=console.still_running,
-                    progress_every_s=self.progress_every_s,
-                )
+
+        def make_round(clients: LiveClients) -> Coroutine[Any, Any, RoundOutcome]:
+            return run_round(
+                slots,
+                clients,
+                timeout_s=self.evaluator_timeout_s,
+                context={"log_dir": self._log_dir, "step": step},
+                on_done=console.evaluator_done,
+                on_progress=console.still_running,
+                progress_every_s=self.progress_every_s,
             )
-            self._clients.settle()
-        self._finish(trainer, outcome, step=step, lists=lists, time_s=time.perf_counter() - start)
+
+        work = None
+        with _preserved_state(pl_module):
+            if self._split is not None:  # rank 0 evaluates, every rank decodes and scores
+                outcome = self._split.run(pl_module, make_round)
+                work = self._split.served
+            else:
+                outcome = run_sync(make_round(self._clients))
+                self._clients.settle()
+        time_s = time.perf_counter() - start
+        self._finish(trainer, outcome, step=step, lists=lists, time_s=time_s, work=work)
 
     def _finish(
         self,
@@ -434,6 +462,7 @@ class EvalCallback(Callback):
         time_s: float,
         background: bool = False,
         raise_failures: bool = True,
+        work: list[int] | None = None,
     ) -> None:
         """Records a finished round as evaluated and publishes it at `step`."""
         for name, message, error in self._hook_failures:  # from the held-out guard
@@ -446,8 +475,9 @@ class EvalCallback(Callback):
             time_s=time_s,
             lists=[evaluators.name for evaluators in lists],
             background=background,
+            work=work,
         )
-        # Every rank evaluated; rank 0's numbers are the ones everybody keeps and logs.
+        # Rank 0's numbers are the ones everybody keeps and logs.
         record = RoundRecord.from_json(trainer.strategy.broadcast(record.to_json(), src=0))
         for evaluators in lists:
             evaluators.last_evaluated = max(evaluators.last_evaluated, step)
@@ -489,17 +519,21 @@ def _checked_builders(arg: str, builders: Sequence[EvaluatorBuilder]) -> list[Ev
     return list(builders)
 
 
-def _reject_sharded(trainer: pl.Trainer) -> None:
+def _sharded(trainer: pl.Trainer) -> bool:
+    """Whether each rank holds only shards of the weights (then rounds run in lockstep);
+    a RuntimeError naming the alternatives for a strategy rounds cannot run under."""
     from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
     strategy = trainer.strategy
-    if isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+    if isinstance(strategy, DeepSpeedStrategy):
         raise RuntimeError(
-            f"EvalCallback does not support the sharded strategy {type(strategy).__name__}: "
-            "each rank holds only part of the weights, so it cannot sample from the model. "
-            "Use strategy='ddp' (or a single device), or evaluate saved checkpoints offline "
-            "with `python -m bios_callbacks.eval.run_inspect_evals`."
+            "EvalCallback does not support DeepSpeedStrategy: ZeRO keeps parameters "
+            "partitioned outside the module's own forward pass, so the sampling engine cannot "
+            "run it step by step on every rank. Use strategy='ddp', FSDP (strategy='fsdp', on "
+            "GPUs), or ModelParallelStrategy with fully_shard in configure_model (FSDP2), or "
+            "evaluate saved checkpoints with `python -m bios_callbacks.eval.run_inspect_evals`."
         )
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))
 
 
 @contextmanager

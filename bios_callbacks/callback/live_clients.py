@@ -87,6 +87,40 @@ def check_snapshot_module(module: Any) -> None:
         )
 
 
+def can_split(module: Any) -> bool:
+    """Whether a multi-process round can spread the module's work over the ranks: the callback
+    makes the clients (`model` + `tokenizer`, no `make_*_client` hooks of its own)."""
+    own_hooks = any(
+        callable(getattr(module, hook, None))
+        for hook in ("make_sampling_client", "make_training_client")
+    )
+    return _has_model_and_tokenizer(module) and not own_hooks
+
+
+def check_shardable(module: Any, strategy: str, async_infrequent: bool) -> None:
+    """Raises ``TypeError`` naming the fix when rounds cannot run on `module`'s sharded
+    weights under `strategy` (FSDP, FSDP2)."""
+    if not can_split(module):
+        raise TypeError(
+            f"EvalCallback under {strategy} samples from the sharded weights on every rank in "
+            f"lockstep, so it makes the clients itself, but {type(module).__name__} "
+            + (
+                "defines make_sampling_client() / make_training_client(). To fix, remove them "
+                "and give it `self.model` + `self.tokenizer`."
+                if _has_model_and_tokenizer(module)
+                else "has no `self.model` + `self.tokenizer`. To fix, give it a transformers "
+                "causal LM as `self.model` and its tokenizer as `self.tokenizer`."
+            )
+        )
+    if async_infrequent:
+        raise ValueError(
+            f"async_infrequent=True copies the whole model for background rounds, which a "
+            f"sharded run ({strategy}) cannot hold on one rank: set async_infrequent=False "
+            "(infrequent rounds then run in lockstep on the sharded weights), or evaluate "
+            "checkpoints off the training path with `python -m bios_callbacks.eval.watch`."
+        )
+
+
 class LiveClients:
     """Makes each client once, on first use, and closes the ones it made at `close`.
 

@@ -24,7 +24,9 @@ class RoundRecord:
     Each failure is ``{"evaluator": name, "kind": "exception" | "timeout" | "build" |
     "invalid_value" | "duplicate_key" | "hook", "message": str}`` ("hook": an optional hook
     such as ``transcripts()`` or ``eval_prompts()`` raised). `background` is True for a round
-    that ran on a snapshot of step `step`'s weights while training went on.
+    that ran on a snapshot of step `step`'s weights while training went on. `work` holds the
+    rows (samples and scored sequences) each rank computed when the round was split over the
+    ranks of a multi-process run, None otherwise.
     """
 
     step: int
@@ -33,6 +35,7 @@ class RoundRecord:
     time_s: float = 0.0
     lists: list[str] = field(default_factory=list)
     background: bool = False
+    work: list[int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

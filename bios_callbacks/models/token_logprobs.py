@@ -72,3 +72,19 @@ def token_logprobs(
         logits.flatten(0, 1), batch.targets.flatten(), reduction="none"
     )
     return -losses.view_as(batch.targets).to(torch.float32)
+
+
+def score_sequences(
+    model: torch.nn.Module, sequences: Sequence[Sequence[int]]
+) -> list[list[float]]:
+    """`log p(tokens[j] | tokens[:j])` for j >= 1 of each sequence, in one forward pass (the
+    caller holds `torch.no_grad()` and eval mode).
+
+    Example:
+        >>> score_sequences(model, [[1, 2, 3], [4, 5]])  # doctest: +SKIP
+        [[-10.3, -9.8], [-11.0]]
+    """
+    device = next(model.parameters()).device
+    shifted = ShiftedBatch.of(sequences, pad_id=0).to(device)  # padding is masked: any id works
+    rows = token_logprobs(model, shifted).cpu().tolist()
+    return [row[:n] for row, n in zip(rows, shifted.lengths, strict=True)]

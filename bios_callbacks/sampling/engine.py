@@ -110,14 +110,7 @@ class DecodeEngine:
         Raises ValueError if one of its samples can never fit `max_cache_tokens`, and
         RuntimeError if the engine is closed or its decode thread has stopped.
         """
-        if request.reserved_tokens > self.max_cache_tokens:
-            raise ValueError(
-                f"One sample needs {len(request.prompt)} prompt + {request.max_new_tokens} new "
-                f"tokens = {request.reserved_tokens} cache positions, more than "
-                f"max_cache_tokens={self.max_cache_tokens}: create the client with "
-                f"max_cache_tokens >= {request.reserved_tokens}, or lower "
-                "SamplingParams.max_tokens or shorten the prompt."
-            )
+        check_fits(request, self.max_cache_tokens)
         with self._wakeup:
             if self._closed:
                 raise RuntimeError("This sampling client is closed; create a new one.")
@@ -200,6 +193,18 @@ class DecodeEngine:
                 fail(self.stepper.requests(), error)
                 self.stepper.clear()
                 return
+
+
+def check_fits(request: Request, max_cache_tokens: int) -> None:
+    """A ValueError naming the fix when one sample of `request` can never fit the cache."""
+    if request.reserved_tokens > max_cache_tokens:
+        raise ValueError(
+            f"One sample needs {len(request.prompt)} prompt + {request.max_new_tokens} new "
+            f"tokens = {request.reserved_tokens} cache positions, more than "
+            f"max_cache_tokens={max_cache_tokens}: create the client with "
+            f"max_cache_tokens >= {request.reserved_tokens}, or lower "
+            "SamplingParams.max_tokens or shorten the prompt."
+        )
 
 
 def _as_compute_dtype(value: torch.dtype | str | None) -> torch.dtype | None:

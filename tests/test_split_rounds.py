@@ -21,6 +21,7 @@ import pytest
 pytestmark = pytest.mark.ddp
 
 MAX_STEPS = 3
+RESUMED_MAX_STEPS = 5
 EVAL_EVERY = 2
 POISON = 4242  # a token id
 HELD_OUT = [[1, 200, 300, 400, 500], [1, 600, 700], [1, 800, 900, 1000]]
@@ -124,7 +125,7 @@ def single_process(tokenizer):
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_a_split_round_spreads_rows_over_ranks_and_matches_one_process(
+def test_a_split_round_spreads_rows_over_ranks_matches_one_process_and_resumes(
     tmp_path, strategy, single_process
 ):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -153,11 +154,11 @@ def test_a_split_round_spreads_rows_over_ranks_and_matches_one_process(
     for key, value in single_process["nll"].items():
         assert first["metrics"][f"eval/nll/{key}"] == pytest.approx(value, rel=1e-5)
 
-    # Logged once per step, on one set of files.
+    # Logged once per step, on one set of files, across a checkpoint and resume at step 3.
     from lit_tiny import scalars
 
-    assert [s for s, _ in scalars(log_dir)["eval/answers/rows"]] == [0, 2, 3]
-    assert [r["step"] for r in rounds] == [0, 2, 3]
+    assert [s for s, _ in scalars(log_dir)["eval/answers/rows"]] == [0, 2, 3, 4, 5]
+    assert [r["step"] for r in rounds] == [0, 2, 3, 4, 5]
 
     # Each rank decoded or scored about half of the rows.
     for record in rounds:
@@ -208,33 +209,40 @@ def _run(out_dir: str, strategy_name: str) -> None:
             fully_shard(self.model)
 
     tokenizer = get_tokenizer(EMBEDDED_MODEL)
-    if strategy_name == "fsdp2":
-        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
-        module = ShardedLM(make_tiny_model(tokenizer), tokenizer)
-    else:
-        strategy, module = "ddp", TinyLM(make_tiny_model(tokenizer), tokenizer)
-    callback = EvalCallback(
-        evaluator_builders=[
-            Answers,
-            functools.partial(NLLEvaluator, HELD_OUT),
-            Broken,
-            Poisoned,
-            GivesUp,
-        ],
-        eval_every=EVAL_EVERY,
-    )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=strategy,
-        max_steps=MAX_STEPS,
-        logger=TensorBoardLogger(out_dir, name="run"),
-        callbacks=[callback],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, token_loader())
+
+    def fit(max_steps: int, ckpt_path: str | None = None) -> pl.Trainer:
+        if strategy_name == "fsdp2":
+            strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+            module = ShardedLM(make_tiny_model(tokenizer), tokenizer)
+        else:
+            strategy, module = "ddp", TinyLM(make_tiny_model(tokenizer), tokenizer)
+        callback = EvalCallback(
+            evaluator_builders=[
+                Answers,
+                functools.partial(NLLEvaluator, HELD_OUT),
+                Broken,
+                Poisoned,
+                GivesUp,
+            ],
+            eval_every=EVAL_EVERY,
+        )
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=2,
+            strategy=strategy,
+            max_steps=max_steps,
+            logger=TensorBoardLogger(out_dir, name="run", version=0),
+            callbacks=[callback],
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(module, token_loader(), ckpt_path=ckpt_path)
+        return trainer
+
+    ckpt = str(Path(out_dir, "step3.ckpt"))
+    fit(MAX_STEPS).save_checkpoint(ckpt)
+    trainer = fit(RESUMED_MAX_STEPS, ckpt_path=ckpt)  # resumes at step 3: rounds at 4 and 5
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("eval/")}
     result = {"metrics": metrics, "log_dir": trainer.log_dir}
     Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(result))

@@ -13,6 +13,8 @@ from inspect_ai.model import (
     ChatMessageSystem,
     ChatMessageTool,
     ChatMessageUser,
+    ContentReasoning,
+    ContentText,
     GenerateConfig,
     Model,
     get_model,
@@ -21,7 +23,7 @@ from inspect_ai.scorer import includes
 from inspect_ai.solver import generate
 
 from bios_callbacks.eval.inspect_runner import preserved_terminal
-from bios_callbacks.eval.inspect_utils import InspectAPIFromBiosSampling, to_renderer_messages
+from bios_callbacks.eval.inspect_utils import InspectAPIFromBiosSampling, convert_inspect_messages
 from bios_callbacks.sampling.client import SamplingClient
 
 CAPITALS = {
@@ -79,11 +81,32 @@ def test_messages_of_every_role_go_through_the_renderer():
         ChatMessageAssistant(content="Let me look."),
         ChatMessageTool(content="sunny", function="weather"),
     ]
-    assert to_renderer_messages(messages) == [
+    assert convert_inspect_messages(messages) == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Weather?"},
         {"role": "assistant", "content": "Let me look."},
         {"role": "tool", "content": "sunny"},
+    ]
+
+
+def test_content_parts_convert_as_tinker_cookbook_converts_them():
+    messages = [
+        ChatMessageUser(content=[ContentText(text=" Capital of"), ContentText(text="France? ")]),
+        ChatMessageAssistant(
+            content=[ContentReasoning(reasoning="It is Paris."), ContentText(text="Paris")]
+        ),
+        ChatMessageUser(content="  And of Italy?\n"),
+    ]
+    assert convert_inspect_messages(messages) == [
+        {"role": "user", "content": "Capital of France?"},  # parts joined by a space, stripped
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "It is Paris."},
+                {"type": "text", "text": "Paris"},
+            ],
+        },
+        {"role": "user", "content": "And of Italy?"},
     ]
 
 

@@ -28,6 +28,9 @@ from inspect_ai.model import (
     ChatCompletionChoice,
     ChatMessage,
     ChatMessageAssistant,
+    Content,
+    ContentReasoning,
+    ContentText,
     GenerateConfig,
     Logprob,
     Logprobs,
@@ -38,6 +41,14 @@ from inspect_ai.model import (
 from inspect_ai.tool import ToolChoice, ToolInfo
 
 from bios_callbacks.eval import inspect_private
+from bios_callbacks.renderers.base import (
+    ContentPart,
+    Message,
+    TextPart,
+    ThinkingPart,
+    ensure_list,
+    get_text_content,
+)
 from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE
 from bios_callbacks.types import ModelInput, SampledSequence, SamplingParams
 
@@ -73,6 +84,14 @@ class InspectAPIFromBiosSampling(ModelAPI):
             `$BIOS_API_KEY`) is its bearer token.
         config: Inspect's generation settings (passed by `get_model`); when the provider loads
             the model itself, `max_connections` (default 32) is also its batch size.
+        include_reasoning: return a thinking renderer's reasoning (Qwen3's `<think>` block) as
+            Inspect `ContentReasoning` before the answer's `ContentText`; by default (False)
+            only the answer's text is returned, so scorers see the answer alone
+            (`-M include_reasoning=true`).
+
+    Inspect messages become renderer messages as tinker-cookbook converts them
+    (`convert_inspect_messages`): text is stripped, the parts of a user, system or tool message
+    are joined by spaces, and an assistant message with parts keeps its text and reasoning parts.
 
     `GenerateConfig` maps as follows: `temperature` (default 0: greedy), `max_tokens` (default
     512), `top_p`, `top_k`, `seed`, `num_choices` (samples per prompt) and `stop_seqs` (added to
@@ -96,16 +115,17 @@ class InspectAPIFromBiosSampling(ModelAPI):
         base_url: str | None = None,
         api_key: str | None = None,
         config: GenerateConfig = GenerateConfig(),  # noqa: B008 (Inspect's own signature)
+        include_reasoning: bool = False,
         **model_args: Any,
     ) -> None:
         super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config)
         if model_args:
             raise TypeError(
                 f"Unknown model argument(s) for the bios provider: {sorted(model_args)}; "
-                "valid ones are renderer_name, sampling_client, verbose, response_prefix and "
-                "dtype "
-                "(e.g. -M renderer_name=chatml -M dtype=bfloat16)."
+                "valid ones are renderer_name, sampling_client, verbose, response_prefix, dtype "
+                "and include_reasoning (e.g. -M renderer_name=chatml -M dtype=bfloat16)."
             )
+        self.include_reasoning = include_reasoning
         self._owns_client = sampling_client is None
         if sampling_client is None and api_key == inspect_private.model_info_api_key():
             # Inspect instantiates providers by name just to look up model facts: load nothing.
@@ -153,7 +173,7 @@ class InspectAPIFromBiosSampling(ModelAPI):
         config: GenerateConfig,
     ) -> ModelOutput:
         """Renders `input`, samples `config.num_choices` answers and parses them."""
-        prompt = self.renderer.build_generation_prompt(to_renderer_messages(input))
+        prompt = self.renderer.build_generation_prompt(convert_inspect_messages(input))
         if self._prefix_tokens:
             prompt = ModelInput.from_ints(prompt.to_ints() + self._prefix_tokens)
         params = self.sampling_params(config)
@@ -198,12 +218,13 @@ class InspectAPIFromBiosSampling(ModelAPI):
         self, sequence: SampledSequence, stop_seqs: list[str], logprobs: bool
     ) -> ChatCompletionChoice:
         message, _ = self.renderer.parse_response(sequence.tokens, extra_stop=stop_seqs)
+        content: str | list[Content]
+        if self.include_reasoning:
+            content = _message_to_inspect_content(message, self.response_prefix)
+        else:
+            content = self.response_prefix + get_text_content(message)
         return ChatCompletionChoice(
-            message=ChatMessageAssistant(
-                content=self.response_prefix + message["content"],
-                model=self.model_name,
-                source="generate",
-            ),
+            message=ChatMessageAssistant(content=content, model=self.model_name, source="generate"),
             stop_reason=_STOP_REASONS[sequence.stop_reason],
             logprobs=self._logprobs(sequence) if logprobs else None,
         )
@@ -242,15 +263,61 @@ class InspectAPIFromBiosSampling(ModelAPI):
             self.sampling_client.close()
 
 
-def to_renderer_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """Inspect chat messages as the `{"role", "content"}` dicts our renderers take.
+def convert_inspect_messages(messages: list[ChatMessage]) -> list[Message]:
+    """Inspect chat messages as renderer messages, as tinker-cookbook converts them.
+
+    Text content is stripped. A message with content parts keeps its text and reasoning
+    (`ContentReasoning` becomes a thinking part) when it is the assistant's; a user, system or
+    tool message's parts are joined by spaces into one string. Other parts (images, audio) are
+    left out with a warning.
 
     Example:
-        >>> from inspect_ai.model import ChatMessageUser
-        >>> to_renderer_messages([ChatMessageUser(content="Hi")])
+        >>> from inspect_ai.model import ChatMessageUser, ContentText
+        >>> convert_inspect_messages([ChatMessageUser(content=" Hi ")])
         [{'role': 'user', 'content': 'Hi'}]
+        >>> parts = [ContentText(text="Capital of"), ContentText(text="France?")]
+        >>> convert_inspect_messages([ChatMessageUser(content=parts)])
+        [{'role': 'user', 'content': 'Capital of France?'}]
     """
-    return [{"role": message.role, "content": message.text} for message in messages]
+    converted: list[Message] = []
+    for message in messages:
+        if isinstance(message.content, str):
+            converted.append(Message(role=message.role, content=message.content.strip()))
+            continue
+        parts: list[ContentPart] = []
+        for item in message.content:
+            if isinstance(item, ContentText):
+                parts.append(TextPart(type="text", text=item.text))
+            elif isinstance(item, ContentReasoning):
+                parts.append(ThinkingPart(type="thinking", thinking=item.reasoning))
+            else:
+                logger.warning(
+                    "Leaving out a %s part of a %s message: the bios provider renders text and "
+                    "reasoning only.",
+                    type(item).__name__,
+                    message.role,
+                )
+        if message.role == "assistant" and parts:
+            converted.append(Message(role=message.role, content=parts))
+        else:
+            text = " ".join(p["text"] if p["type"] == "text" else p["thinking"] for p in parts)
+            converted.append(Message(role=message.role, content=text.strip()))
+    return converted
+
+
+def _message_to_inspect_content(message: Message, prefix: str = "") -> list[Content]:
+    """A parsed message's parts as Inspect content: thinking as `ContentReasoning`, text as
+    `ContentText`; `prefix` (the response prefix) starts the first text."""
+    content: list[Content] = []
+    for part in ensure_list(message["content"]):
+        if part["type"] == "thinking":
+            content.append(ContentReasoning(reasoning=part["thinking"]))
+        else:
+            content.append(ContentText(text=prefix + part["text"]))
+            prefix = ""
+    if prefix:  # a reply of reasoning only
+        content.append(ContentText(text=prefix))
+    return content
 
 
 def _client_for(

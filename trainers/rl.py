@@ -33,6 +33,7 @@ import torch
 
 from bios_callbacks.models.token_logprobs import ShiftedBatch, token_logprobs
 from bios_callbacks.models.tokens import pad_token_id
+from bios_callbacks.renderers import get_text_content
 from trainers import data
 from trainers.cli import run_cli
 from trainers.config import RLConfig
@@ -160,7 +161,7 @@ class RLModule(PolicyModule):
             group = []
             for seq in response.sequences:
                 message, _ = self.renderer.parse_response(seq.tokens)
-                group.append(self.reward(message["content"], datum))
+                group.append(self.reward(get_text_content(message), datum))
                 lengths.append(len(seq.tokens))
                 truncated += seq.stop_reason == "length"
             mean = statistics.fmean(group)

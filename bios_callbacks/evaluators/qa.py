@@ -10,6 +10,7 @@ from typing import Any
 
 from bios_callbacks.evaluators.base import SamplingClientEvaluator, Transcript
 from bios_callbacks.evaluators.stats import mean_with_stderr, pass_at_k
+from bios_callbacks.renderers.base import get_text_content
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ class QAEvaluator(SamplingClientEvaluator):
 
     Args:
         dataset: dicts with ``input`` and ``target`` (``output`` is accepted too).
-        grader_fn: ``grader_fn(response_text, target) -> bool``.
+        grader_fn: ``grader_fn(response_text, target) -> bool``; the response text is the
+            reply's visible text (``renderers.get_text_content``: a thinking renderer's
+            reasoning is left out).
         renderer: a renderer from ``bios_callbacks.renderers.get_renderer``.
         renderer_name: used instead of ``renderer``, e.g. ``"chatml"``.
         max_tokens, temperature, seed: sampling settings (greedy by default).
@@ -160,7 +163,7 @@ class QAEvaluator(SamplingClientEvaluator):
                 prompt=prompt, num_samples=self.num_samples, sampling_params=params
             )
             replies = [renderer.parse_response(s.tokens)[0] for s in result.sequences]
-            return [str(message.get("content", "")) for message in replies]
+            return [get_text_content(message) for message in replies]  # thinking left out
 
         answers = await asyncio.gather(*(answers_to(q) for q, _ in self.items))
         grades: list[list[bool]] = []  # per question, its graded answers

@@ -31,6 +31,7 @@ class SampledReward(SamplingClientEvaluator):
         self.renderer = get_renderer(name="chatml", tokenizer=get_tokenizer(EMBEDDED_MODEL))
 
     async def __call__(self, sampling_client) -> dict[str, float]:
+        from bios_callbacks.renderers import get_text_content
         from bios_callbacks.types import SamplingParams
 
         params = SamplingParams(
@@ -44,7 +45,7 @@ class SampledReward(SamplingClientEvaluator):
             )
         )
         rewards = [
-            reward(self.renderer.parse_response(seq.tokens)[0]["content"], q)
+            reward(get_text_content(self.renderer.parse_response(seq.tokens)[0]), q)
             for q, response in zip(self.data, responses, strict=True)
             for seq in response.sequences
         ]

@@ -17,8 +17,15 @@ from bios_callbacks.callback.run_sync import run_sync
 from bios_callbacks.checkpoints import load_checkpoint
 from bios_callbacks.eval.inspect_runner import preserved_terminal
 from bios_callbacks.eval.watch import main
-from bios_callbacks.evaluators import NLLEvaluator, TrainingClientEvaluator
+from bios_callbacks.evaluators import (
+    NLLEvaluator,
+    SamplingClientEvaluator,
+    TrainingClientEvaluator,
+)
+from bios_callbacks.sampling.client import SamplingClient
+from bios_callbacks.serving.llama_cpp import LlamaServer, find_llama_server, install_dir
 from bios_callbacks.training_client import TrainingClient
+from bios_callbacks.types import ModelInput, SamplingParams
 from trainers.config import SFTConfig
 from trainers.sft import train
 
@@ -189,6 +196,7 @@ def test_a_failing_evaluator_is_recorded_once_and_the_watcher_exits_1(
         (["run=bios://x", "taks=a.py@t"], "Unknown WatchArgs key(s) ['taks']"),
         (["run=bios://nowhere", "tasks=a.py@t", "once=true"], "there is no run directory"),
         (["run=bios://x", "evaluator_builders=no_module_here:b"], "Cannot import"),
+        (["run=bios://x", "tasks=a.py@t", "base_url=localhost:8000"], "expected an http(s) URL"),
     ],
 )
 def test_bad_arguments_are_one_error_line_and_exit_2(root, capsys, argv, message):
@@ -196,3 +204,72 @@ def test_bad_arguments_are_one_error_line_and_exit_2(root, capsys, argv, message
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err.splitlines()[0]
+
+
+# -- sampling on a server: the real llama-server, serving a checkpoint's weights ---------------
+
+PROMPT = "Hello there, how are you?"
+SERVED_REPLIES: dict[int, list[int]] = {}  # step -> the greedy tokens the evaluator got
+
+
+class Replies(SamplingClientEvaluator):
+    """Samples PROMPT greedily and keeps the tokens (test_watch:replies)."""
+
+    name = "replies"
+
+    def set_run_context(self, *, log_dir=None, step=None):
+        self.step = step
+
+    async def __call__(self, sampling_client):
+        prompt = ModelInput.from_ints(sampling_client.tokenizer.encode(PROMPT))
+        params = SamplingParams(max_tokens=8, temperature=0.0)
+        result = await sampling_client.sample_async(prompt, 1, params)
+        SERVED_REPLIES[self.step] = result.sequences[0].tokens
+        return {"tokens": float(len(result.sequences[0].tokens))}
+
+
+def replies() -> Replies:
+    return Replies()
+
+
+def greedy_reply(model, tokenizer) -> list[int]:
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    with SamplingClient.from_module(model, tokenizer) as client:
+        return client.sample(tokenizer.encode(PROMPT), 1, params).sequences[0].tokens
+
+
+@pytest.mark.serving
+@pytest.mark.skipif(
+    find_llama_server() is None,
+    reason=f"llama-server is not built: run `make serve-build` once (cached under {install_dir()})",
+)
+def test_with_base_url_the_watcher_samples_each_checkpoint_on_the_server(tokenizer, root, capsys):
+    pytest.importorskip("sentencepiece", reason="the GGUF converter needs the serve extra")
+    from bios_callbacks.checkpoints import save_checkpoint
+    from bios_callbacks.serving.gguf_convert import checkpoint_to_gguf
+
+    # The server runs weights A under the name of a checkpoint holding weights B: what the
+    # watcher reports is A's, so its sampling went to the server, not to weights loaded here.
+    served, local = make_tiny_model(tokenizer, seed=0), make_tiny_model(tokenizer, seed=1)
+    assert greedy_reply(served, tokenizer) != greedy_reply(local, tokenizer)
+    saved = dict(base_model="HuggingFaceTB/SmolLM2-135M-Instruct", renderer_name="chatml", step=2)
+    weights_a = save_checkpoint(root.parent / "a", served, tokenizer, **saved)
+    checkpoint = save_checkpoint(root / "served" / "checkpoints" / "step_000002", local, tokenizer,
+                                 **saved)  # fmt: skip
+    gguf = checkpoint_to_gguf(weights_a, outtype="f32")  # exact weights
+    argv = ["run=bios://served", f"tasks={ECHO}", "evaluator_builders=test_watch:replies",
+            "limit=2", "max_tokens=4", "once=true"]  # fmt: skip
+    try:
+        alias = str(checkpoint.resolve())  # the name `serving serve --model <checkpoint>` gives
+        with LlamaServer(gguf, alias=alias, parallel=2, ctx_per_slot=256, threads=1) as server:
+            assert main([*argv, f"base_url={server.base_url}"]) == 0
+    finally:
+        gguf.unlink()
+    assert SERVED_REPLIES[2] == greedy_reply(served, tokenizer)
+    evals = checkpoint / "evals"
+    assert json.loads((evals / "echo.json").read_text())["status"] == "success"
+    assert json.loads((evals / "replies.json").read_text())["failures"] == []
+    logged = watched_scalars(root / "served")
+    assert [step for step, _ in logged["eval/replies/tokens"]] == [2]
+    assert [step for step, _ in logged["eval/echo/match/accuracy"]] == [2]
+    assert "step 2: evaluating" in capsys.readouterr().out

@@ -22,18 +22,30 @@ after evaluating a checkpoint of step `until_step` or later (give the run's `ste
 trainers write their final checkpoint at that step), after `idle_timeout_s` seconds without a
 new checkpoint (0: never), or on Ctrl-C.
 
+Sampling on a server: with base_url=URL (an OpenAI-compatible endpoint: llama.cpp, vLLM,
+SGLang) the tasks and sampling evaluators sample each checkpoint there instead of loading it
+here, as `run_inspect_evals base_url=...` does: the server must serve the checkpoint under its
+directory path (`python -m bios_callbacks.serving serve --model <checkpoint>` and
+`vllm serve <checkpoint>` do), and `$BIOS_API_KEY`, if set, is sent as its bearer token. The
+tokenizer still loads from the checkpoint, and evaluators that need log-probs (a
+`TrainingClientEvaluator` such as `NLLEvaluator`) still load the weights here. A checkpoint
+the server does not serve fails with the names it does serve, and is tried again by the next
+watcher.
+
 Keys (key=value): run (bios://<run> or the run directory; required), tasks (comma-separated
 Inspect task names), evaluator_builders (comma-separated module:attribute), renderer_name
 (default: the checkpoint's), temperature (0: greedy), max_tokens, limit, max_connections,
-dtype (float32 or bfloat16), once (true: one pass), poll_s (5), until_step, idle_timeout_s
-(0). Exit status: 0 when everything evaluated succeeded, 1 when a task or evaluator failed,
-2 on bad arguments, 130 on Ctrl-C.
+dtype (float32 or bfloat16), base_url (a server to sample on), once (true: one pass), poll_s
+(5), until_step, idle_timeout_s (0). Exit status: 0 when everything evaluated succeeded, 1 when
+a task or evaluator failed, 2 on bad arguments, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -71,6 +83,7 @@ class WatchArgs:
     limit: int | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     dtype: str = "float32"
+    base_url: str | None = None
     once: bool = False
     poll_s: float = 5.0
     until_step: int | None = None
@@ -112,6 +125,10 @@ def parse_args(argv: list[str]) -> WatchArgs:
         raise UsageError(f"idle_timeout_s={args.idle_timeout_s}: expected seconds >= 0 (0: never).")
     if args.dtype not in ("float32", "bfloat16"):
         raise UsageError(f"dtype={args.dtype!r}: expected one of ['float32', 'bfloat16'].")
+    if args.base_url is not None and not re.match(r"https?://[^/]+", args.base_url):
+        raise UsageError(
+            f"base_url={args.base_url!r}: expected an http(s) URL such as http://127.0.0.1:8000/v1."
+        )
     if args.renderer_name is not None:
         from bios_callbacks.renderers import renderer_names
 
@@ -262,6 +279,7 @@ class Watcher:
                         max_tokens=args.max_tokens,
                         max_connections=args.max_connections,
                         dtype=args.dtype,
+                        base_url=args.base_url,
                     )
                 )
         except Exception as error:  # this checkpoint fails; the watcher goes on
@@ -278,23 +296,20 @@ class Watcher:
 
     def _run_evaluators(self, step: int, path: Path, slots: list[Any]) -> dict[str, float]:
         """The evaluator slots on clients over the checkpoint; writes `evals/<name>.json`."""
-        from types import SimpleNamespace
-
         from bios_callbacks.callback.console import format_values
         from bios_callbacks.callback.live_clients import LiveClients
         from bios_callbacks.callback.round import NAMESPACE, run_round
         from bios_callbacks.callback.run_sync import run_sync
-        from bios_callbacks.checkpoints import load_checkpoint
 
         try:
             with _quiet_loading():
-                model, tokenizer = load_checkpoint(path, dtype=_torch_dtype(self.args.dtype))
+                checkpoint = _Checkpoint(path, self.args, slots)
         except Exception as error:
             print(f"[watch] error: {path}: {type(error).__name__}: {error}", file=sys.stderr)
             for slot in slots:
                 self._failed(path, slot.name)
             return {}
-        clients = LiveClients(SimpleNamespace(model=model, tokenizer=tokenizer))
+        clients = LiveClients(checkpoint)
         try:
             outcome = run_sync(
                 run_round(
@@ -306,6 +321,7 @@ class Watcher:
             )
         finally:
             clients.close()
+            checkpoint.close()
         results = path / RESULTS_SUBDIR
         results.mkdir(parents=True, exist_ok=True)
         for slot in slots:
@@ -335,6 +351,69 @@ class Watcher:
     def _failed(self, path: Path, name: str) -> None:
         self.failed.add((path, name))
         self.failures += 1
+
+
+class _Checkpoint:
+    """The clients of one checkpoint for `LiveClients`: over its weights loaded here, or, with
+    `base_url`, a sampling client on the server (made now, so a checkpoint it does not serve
+    fails before the round) and the weights loaded here only when an evaluator needs
+    log-probs."""
+
+    def __init__(self, path: Path, args: WatchArgs, slots: list[Any]) -> None:
+        self.path, self.args = path, args
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self._sampling: Any = None
+        if args.base_url is None:
+            self._load()
+        elif any(_kind(slot) == "sampling" for slot in slots):
+            self._sampling = self.make_sampling_client()
+
+    def _load(self) -> None:
+        from bios_callbacks.checkpoints import load_checkpoint
+
+        if self.model is None:
+            dtype = _torch_dtype(self.args.dtype)
+            self.model, self.tokenizer = load_checkpoint(self.path, dtype=dtype)
+
+    def make_sampling_client(self) -> Any:
+        """The sampling client: over the loaded weights, or on the server."""
+        from bios_callbacks.eval.inspect_utils import API_KEY_ENV
+        from bios_callbacks.sampling.client import SamplingClient
+        from bios_callbacks.sampling.service import ServiceClient
+
+        if self._sampling is None:
+            if self.args.base_url is None:
+                self._sampling = SamplingClient.from_module(self.model, self.tokenizer)
+            else:
+                service = ServiceClient(
+                    base_url=self.args.base_url,
+                    api_key=os.environ.get(API_KEY_ENV),
+                    max_batch_size=self.args.max_connections,
+                )
+                self._sampling = service.create_sampling_client(model_path=str(self.path))
+        return self._sampling
+
+    def make_training_client(self) -> Any:
+        """The training client over the weights, loaded here (log-probs need them)."""
+        from bios_callbacks.training_client import TrainingClient
+
+        with _quiet_loading():
+            self._load()
+        return TrainingClient.from_module(self.model, self.tokenizer)
+
+    def close(self) -> None:
+        """Closes the sampling client."""
+        if self._sampling is not None:
+            self._sampling.close()
+            self._sampling = None
+
+
+def _kind(slot: Any) -> str | None:
+    """ "sampling" or "training": the client the slot's evaluator takes (None: not built)."""
+    from bios_callbacks.evaluators.base import client_kind
+
+    return None if slot.evaluator is None else client_kind(slot.evaluator)
 
 
 def _builder_slots(specs: list[str]) -> list[Any]:

@@ -2,8 +2,8 @@
 
 Fine-tunes the embedded SmolLM2-135M-Instruct on the `make demo` capitals task. The infrequent
 evaluator (strict-format QA accuracy, which samples) runs in the background on a copy of each
-round's weights while training goes on (`EvalCallback(async_infrequent=True)`), and is logged
-at its own step. After training, the checkpoint watcher evaluates every saved checkpoint with
+round's weights while training goes on (the trainers' `async_infrequent=True`, passed to
+`EvalCallback`), and is logged at its own step. After training, the checkpoint watcher evaluates every saved checkpoint with
 an Inspect task and logs it at the checkpoint's step under `<run>/watch/`; during a real run
 you would start it in another terminal instead:
 
@@ -15,7 +15,6 @@ you would start it in another terminal instead:
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -28,33 +27,25 @@ WATCHED_TASK = "examples.demo:capitals_task"
 
 
 def settings() -> dict[str, Any]:
-    """The capitals data, a short run with two checkpoints, QA accuracy every 3 steps."""
+    """The capitals data, a short run with two checkpoints, the test loss every 4 steps and
+    QA accuracy every 3 steps in the background."""
     return capitals_data() | {
         "steps": 8,
         "save_every": 4,
-        "test_every": 4,
+        "eval_every": 4,
         "infrequent_evaluator_builders": [format_eval],
         "infrequent_eval_every": 3,
+        "async_infrequent": True,
     }
 
 
 def train(cfg: SFTConfig, callbacks: Sequence[Any] = ()) -> None:
-    """The SFT trainer with the config's evaluators in an `EvalCallback` whose infrequent
-    rounds run in the background; then one pass of the watcher over the run's checkpoints."""
-    from bios_callbacks import EvalCallback
+    """The SFT trainer (its infrequent rounds in the background as `async_infrequent` says),
+    then one pass of the watcher over the run's checkpoints."""
     from bios_callbacks.eval.watch import WatchArgs, watch
     from trainers import sft
 
-    evals = EvalCallback(
-        evaluator_builders=cfg.evaluator_builders,
-        eval_every=cfg.eval_every,
-        infrequent_evaluator_builders=cfg.infrequent_evaluator_builders,
-        infrequent_eval_every=cfg.infrequent_eval_every,
-        async_infrequent=True,
-    )
-    # the evaluators move into our callback, so the trainer does not make its own
-    inline = dataclasses.replace(cfg, evaluator_builders=[], infrequent_evaluator_builders=[])
-    result = sft.train(inline, callbacks=[evals, *callbacks])
+    result = sft.train(cfg, callbacks=callbacks)
 
     print(f"\nthe watcher on {result.log_dir} (from another terminal during a real run):")
     watch(WatchArgs(run=str(result.log_dir), tasks=[WATCHED_TASK], max_tokens=24, once=True))

@@ -6,15 +6,18 @@ many capitals but answers in a sentence, so its strict-format accuracy starts ne
 SFT run on other countries teaches the format; the held-out countries show whether it sticks.
 
     python -m examples.demo [steps=16 batch_size=8 learning_rate=1e-4 ...]
+    python -m examples.demo logger=wandb    # or logger=mlflow / logger=csv (default tensorboard)
     python -m examples.demo --help      # every key and this demo's settings
 
 It writes everything under `$BIOS_CHECKPOINT_ROOT/demo-<time>-<random>` (root `./runs`):
-TensorBoard logs, `eval_results.jsonl`, `inspect_logs/` and `checkpoints/`.
+the logger's files (TensorBoard events by default), `eval_results.jsonl`, `inspect_logs/` and
+`checkpoints/`. With `logger=wandb`, `WANDB_MODE=offline` needs no network; `logger=mlflow`
+keeps a local MLflow store in the run directory unless `$MLFLOW_TRACKING_URI` names one.
 
-Evaluations: a regular QA evaluator (strict format) every `eval_every` steps and an infrequent
-Inspect AI task (is the right city named at all?) every `infrequent_eval_every` steps. At the
-end it prints each metric at step 0 and at the last step with its 95% interval, the checkpoint,
-the TensorBoard command and the compare command for the run.
+Evaluations: the test loss and a regular QA evaluator (strict format) every `eval_every` steps
+and an infrequent Inspect AI task (is the right city named at all?) every
+`infrequent_eval_every` steps. At the end it prints each metric at step 0 and at the last step
+with its 95% interval, the checkpoint, how to view the logs and the compare command for the run.
 """
 
 from __future__ import annotations
@@ -166,7 +169,6 @@ def demo_settings() -> dict:
         "renderer_name": "chatml",
         **capitals_data(),
         "steps": 16,
-        "test_every": 4,
         "evaluator_builders": [format_eval],
         "eval_every": 4,
         "infrequent_evaluator_builders": [
@@ -186,21 +188,16 @@ def demo_settings() -> dict:
 def run(cfg: SFTConfig, callbacks: Sequence[Any] = ()) -> None:
     """Trains as `cfg` says and prints the summary."""
     from trainers import sft
+    from trainers.policy import view_hint
 
     started = time.perf_counter()
     result = sft.train(cfg, callbacks=callbacks)
     print("\n=== demo summary ===")
     print("eval metrics, first vs last evaluated step:")
     print("\n".join(summarize(cfg.run_dir)))
-    losses = result.history["test/loss"]
-    first, last = min(losses), max(losses)
-    print(
-        f"  {'test/loss':<{KEY_WIDTH}} step {first:>3}: {losses[first]:<21.3f}  "
-        f"step {last:>3}: {losses[last]:.3f}"
-    )
     print("(± and [low, high] are 95% intervals: a change inside them may be noise)")
     print(f"final checkpoint: {result.checkpoint}")
-    print(f"view it: tensorboard --logdir {cfg.run_dir}")
+    print(f"view it: {view_hint(cfg)}")
     print("compare its steps (add ,<another run> to runs= to compare two runs):")
     print(
         f"  python -m bios_callbacks.eval.compare runs={cfg.run_dir} plot={cfg.run_dir}/curves.png"

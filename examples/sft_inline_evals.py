@@ -55,7 +55,7 @@ def guide_config() -> dict:
         "infrequent_evaluator_builders": [expensive_eval],
         "infrequent_eval_every": 4,  # the guide uses 500
     }
-    return config | {**capitals_data(), "steps": 4, "test_every": 2}
+    return config | {**capitals_data(), "steps": 4}
 
 
 def main(argv: list[str]) -> int:

@@ -10,6 +10,7 @@ import sys
 
 import lightning as L
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tiny import make_tiny_model
 
@@ -21,7 +22,8 @@ from bios_callbacks.sampling.client import SamplingClient
 from bios_callbacks.types import SamplingParams
 from trainers.checkpointing import TRAINER_STATE
 from trainers.config import SFTConfig
-from trainers.sft import train
+from trainers.data import collate, tokenize_conversations
+from trainers.sft import TRAIN_ON_WHAT, train, weighted_loss
 
 CODES = [(f"Code {i}?", f"The code is {7 * i + 3}.") for i in range(8)]
 
@@ -75,7 +77,6 @@ def test_sft_learns_logs_and_checkpoints(tiny_model, tokenizer, root, capsys):
         steps=12,
         batch_size=4,
         learning_rate=3e-3,
-        test_every=4,
         evaluator_builders=[nll_builder(tokenizer)],
         eval_every=4,
         save_every=8,
@@ -86,16 +87,28 @@ def test_sft_learns_logs_and_checkpoints(tiny_model, tokenizer, root, capsys):
     logged = scalars(result.log_dir)
     assert sorted(logged["train/loss"]) == list(range(12))
     assert logged["train/loss"][11] < logged["train/loss"][0] - 2.0
-    assert sorted(logged["test/loss"]) == [0, 4, 8, 12]
-    assert logged["test/loss"][12] < logged["test/loss"][0]
+    # the test loss is an evaluator on the eval_every schedule, logged beside the others
+    assert sorted(logged["eval/test/loss"]) == [0, 4, 8, 12]
+    assert logged["eval/test/loss"][12] < logged["eval/test/loss"][0]
     assert sorted(logged["eval/heldout/loss"]) == [0, 4, 8, 12]
+    # and it is the training loss on the test conversations, under the final weights
+    renderer = get_renderer(name="chatml", tokenizer=tokenizer)
+    test_batch = collate(
+        tokenize_conversations([TEST[0]["messages"]], renderer, 512, TRAIN_ON_WHAT), 0
+    )
+    with torch.no_grad():
+        total, weight = weighted_loss(result.model.eval(), test_batch)
+    assert logged["eval/test/loss"][12] == pytest.approx(float(total / weight), rel=1e-4)
 
     out = capsys.readouterr().out
+    assert "step 12 test: loss=" in out
     assert "step 8: saved checkpoint bios://sft-e2e/step_000008" in out
     assert result.checkpoint == "bios://sft-e2e/step_000012"
     meta = read_checkpoint_metadata(result.checkpoint)
     assert meta.step == 12 and meta.renderer_name == "chatml"
-    assert meta.eval_results["test/loss"] == pytest.approx(logged["test/loss"][12], rel=1e-5)
+    assert meta.eval_results["eval/test/loss"] == pytest.approx(
+        logged["eval/test/loss"][12], rel=1e-5
+    )
     assert meta.eval_results["eval/heldout/loss"] == pytest.approx(
         logged["eval/heldout/loss"][12], rel=1e-5
     )
@@ -133,7 +146,6 @@ def test_ctrl_c_saves_and_resume_continues_steps_and_eval_schedule(tiny_model, t
         test_data=TEST,
         batch_size=4,
         learning_rate=3e-3,
-        test_every=3,
         evaluator_builders=[nll_builder(tokenizer)],
         eval_every=3,
         run_name="sft-resume",
@@ -166,7 +178,6 @@ def test_resume_continues_in_the_runs_own_directory_as_if_never_stopped(tokenize
         test_data=TEST,
         batch_size=4,  # 2 batches an epoch: step 3 is mid-epoch
         learning_rate=3e-3,
-        test_every=2,
         evaluator_builders=[nll_builder(tokenizer)],
         eval_every=2,
         save_every=2,
@@ -192,7 +203,7 @@ def test_resume_continues_in_the_runs_own_directory_as_if_never_stopped(tokenize
 
     logged = scalars(root / "split")
     assert sorted(logged["train/loss"]) == list(range(7))
-    assert sorted(logged["test/loss"]) == [0, 2, 3, 4, 6, 7]  # 3: the first part's end
+    assert sorted(logged["eval/test/loss"]) == [0, 2, 3, 4, 6, 7]  # 3: the first part's end
     assert sorted(logged["eval/heldout/loss"]) == [0, 2, 3, 4, 6, 7]
     rounds = [
         json.loads(line)["step"]

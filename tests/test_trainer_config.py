@@ -69,11 +69,34 @@ def test_cli_words_become_typed_values_and_builders_import(monkeypatch):
         ("learning_rate", -1e-3, "learning_rate=-0.001"),
         ("evaluator_builders", [3], "not callable"),
         ("evaluator_builders", ["no_such_module:x"], "Cannot import 'no_such_module:x'"),
+        ("snapshot_device", "cpu", "snapshot_device='cpu' only applies to background rounds"),
+        ("logger", "comet", r"logger='comet': expected one of \['tensorboard', 'wandb'"),
     ],
 )
 def test_bad_values_name_the_key_and_value(key, value, message):
     with pytest.raises((ValueError, TypeError), match=message):
         SFTConfig(train_data=[CHAT], run_name="t", **{key: value})
+
+
+def test_background_rounds_and_the_logger_are_config_keys():
+    words = ["async_infrequent=true", "snapshot_device=cpu", "logger=csv"]
+    cfg = SFTConfig.from_dict({"train_data": [CHAT], "run_name": "t"} | SFTConfig.parse_cli(words))
+    assert (cfg.async_infrequent, cfg.snapshot_device, cfg.logger) == (True, "cpu", "csv")
+    assert SFTConfig(train_data=[CHAT], run_name="t").logger == "tensorboard"
+    with pytest.raises(ValueError, match="snapshot_device='gpu0': expected a torch device"):
+        SFTConfig(train_data=[CHAT], run_name="t", async_infrequent=True, snapshot_device="gpu0")
+
+
+def test_test_every_is_deprecated_and_becomes_eval_every():
+    assert (
+        SFTConfig(train_data=[CHAT], run_name="t").eval_every == 10
+    )  # the test loss's old default
+    with pytest.warns(FutureWarning, match=r"test_every is deprecated.*Use eval_every=4 instead"):
+        assert SFTConfig(train_data=[CHAT], run_name="t", test_every=4).eval_every == 4
+    with pytest.warns(FutureWarning):  # 0 tested at the start and the end only: so does `steps`
+        assert SFTConfig(train_data=[CHAT], run_name="t", steps=6, test_every=0).eval_every == 6
+    with pytest.raises(ValueError, match=r"test_every=4 and eval_every=5: .*Set only eval_every"):
+        SFTConfig(train_data=[CHAT], run_name="t", test_every=4, eval_every=5)
 
 
 def test_rl_config_needs_a_reward_and_a_real_group():

@@ -72,7 +72,6 @@ def test_a_run_and_its_resume_print_no_library_noise_and_no_warnings(
         "train_data=train.jsonl",
         "test_data=test.jsonl",
         "batch_size=4",  # 2 batches an epoch: step 3 is mid-epoch
-        "test_every=2",
         "save_every=2",
         "eval_every=2",
         "evaluator_builders=noise_evals:nll",

@@ -109,9 +109,6 @@ class CheckpointSaver(L.Callback):
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-        finish = getattr(pl_module, "finish_training", None)
-        if finish is not None:  # final test loss etc., so the last checkpoint records it
-            finish()
         self.save(trainer, pl_module)
 
     def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:

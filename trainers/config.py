@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import secrets
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,8 @@ from bios_callbacks.key_value import parse_words
 from bios_callbacks.models import EMBEDDED_MODEL
 
 C = TypeVar("C", bound="TrainConfig")
+SFT_EVAL_EVERY = 10
+"""SFT's default `eval_every`: the test loss every 10 steps, as before it was an evaluator."""
 
 
 @dataclass
@@ -37,8 +41,15 @@ class TrainConfig:
         renderer_name: chat format; default: the model's usual one (`chatml` for SmolLM2).
         evaluator_builders: regular evaluators (zero-argument callables), run every `eval_every`.
         eval_every: optimizer steps (SFT) or RL iterations between regular evaluations; 0 disables.
+            SFT's default is 10, and its test loss is one of the regular evaluators.
         infrequent_evaluator_builders: expensive evaluators, run every `infrequent_eval_every`.
         infrequent_eval_every: interval of the expensive evaluators; 0 disables.
+        async_infrequent: run the infrequent rounds in the background on a copy of their step's
+            weights while training goes on (`EvalCallback(async_infrequent=True)`).
+        snapshot_device: where that copy lives and the background rounds compute (e.g. "cpu");
+            default: the model's own device. Needs `async_infrequent`.
+        logger: where metrics go: "tensorboard" (default), "wandb", "mlflow" or "csv" (see
+            `trainers.policy.make_logger` for where each writes).
         steps: optimizer steps (SFT) or RL iterations to run in total.
         batch_size: conversations (SFT) or prompts (RL) per step.
         learning_rate: AdamW learning rate (constant after `warmup_steps`).
@@ -64,6 +75,9 @@ class TrainConfig:
     eval_every: int = 0
     infrequent_evaluator_builders: list[Callable[[], Any]] = field(default_factory=list)
     infrequent_eval_every: int = 0
+    async_infrequent: bool = False
+    snapshot_device: str | None = None
+    logger: str = "tensorboard"
     steps: int = 100
     batch_size: int = 4
     learning_rate: float = 1e-5
@@ -105,6 +119,8 @@ class TrainConfig:
                         "that return an evaluator (or 'module:attribute' strings naming one)."
                     )
             setattr(self, name, builders)
+        _check_background(self)
+        _check_logger(self.logger)
         if self.renderer_name is not None:
             from bios_callbacks.renderers import renderer_names
 
@@ -181,6 +197,41 @@ def _check_int(cfg: TrainConfig, name: str, *, minimum: int, hint: str = "") -> 
         raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}{extra}.")
 
 
+LOGGERS = {"tensorboard": None, "wandb": "wandb", "mlflow": "mlflow", "csv": None}
+"""The `logger=` choices and the package each needs beyond Lightning's own."""
+
+
+def _check_logger(name: str) -> None:
+    if name not in LOGGERS:
+        raise ValueError(f"logger={name!r}: expected one of {list(LOGGERS)}.")
+    package = LOGGERS[name]
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise ImportError(
+            f"logger={name} needs the {package} package: pip install 'bios-callbacks[{package}]', "
+            "or choose logger=tensorboard or logger=csv."
+        )
+
+
+def _check_background(cfg: TrainConfig) -> None:
+    device = cfg.snapshot_device
+    if device is None:
+        return
+    if not cfg.async_infrequent:
+        raise ValueError(
+            f"snapshot_device={device!r} only applies to background rounds: set "
+            "async_infrequent=true too, or leave snapshot_device unset."
+        )
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"snapshot_device={device!r}: expected a torch device such as 'cpu' or 'cuda:0' "
+            f"({error}), or leave it unset for the model's own device."
+        ) from None
+
+
 def default_run_name(kind: str) -> str:
     """`<kind>-<YYYYmmdd-HHMMSS>-<6 random hex digits>`: sorts by start time, and runs started in
     the same second (a sweep, parallel jobs) still get their own directories."""
@@ -219,10 +270,16 @@ def _import_object(spec: str) -> Any:
 class SFTConfig(TrainConfig):
     """Supervised fine-tuning settings (see `TrainConfig` for the shared ones).
 
+    The test loss (`test_data` through `NLLEvaluator`, logged as `eval/test/loss`) is one of the
+    regular evaluators, so it runs every `eval_every` steps (default 10 for SFT), at step 0 and
+    after the last step, as in tinker-cookbook.
+
     Attributes:
         train_data: chat conversations: a JSONL path (one `{"messages": [...]}` a line) or a list.
         test_data: held-out conversations in the same forms; their loss is the "test loss".
-        test_every: steps between test-loss computations (0: only at step 0 and the end).
+        test_every: deprecated: use `eval_every`, the interval of the test loss and the other
+            regular evaluators. A value given here becomes `eval_every` (0: only at step 0 and
+            the end), with a FutureWarning.
 
     Example:
         >>> cfg = SFTConfig(train_data=[{"messages": [{"role": "user", "content": "hi"},
@@ -231,18 +288,38 @@ class SFTConfig(TrainConfig):
         'sft'
     """
 
+    eval_every: int = SFT_EVAL_EVERY
     train_data: str | list[Any] | None = None
     test_data: str | list[Any] | None = None
-    test_every: int = 10
+    test_every: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_int(self, "test_every", minimum=0, hint="use 0 to test only at the start and end")
+        if self.test_every is not None:
+            self._map_test_every()
         if self.train_data is None:
             raise ValueError(
                 'train_data is missing: give a JSONL file of {"messages": [...]} lines '
                 "or a list of conversations, e.g. train_data=data/train.jsonl."
             )
+
+    def _map_test_every(self) -> None:
+        """The deprecated `test_every` as `eval_every` (the test loss is a regular evaluator)."""
+        _check_int(self, "test_every", minimum=0, hint="use 0 to test only at the start and end")
+        interval = self.test_every or self.steps  # 0: at step 0 and after the last step only
+        if self.eval_every not in (SFT_EVAL_EVERY, interval):
+            raise ValueError(
+                f"test_every={self.test_every} and eval_every={self.eval_every}: the test loss "
+                "now runs with the regular evaluators every eval_every steps, so there is one "
+                "interval for both. Set only eval_every (test_every is deprecated)."
+            )
+        warnings.warn(
+            f"test_every is deprecated: the test loss runs with the regular evaluators every "
+            f"eval_every steps; eval_every is now {interval}. Use eval_every={interval} instead.",
+            FutureWarning,
+            stacklevel=4,
+        )
+        self.eval_every, self.test_every = interval, None
 
     @classmethod
     def kind(cls) -> str:

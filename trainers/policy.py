@@ -1,5 +1,5 @@
 """What both trainers share: loading the policy (with optional LoRA), the LightningModule base
-that holds it, and the Lightning Trainer with TensorBoard, evaluations and checkpoints.
+that holds it, and the Lightning Trainer with its logger, evaluations and checkpoints.
 
 Example:
     >>> from trainers.config import SFTConfig
@@ -10,8 +10,9 @@ Example:
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from trainers.checkpointing import (
@@ -159,25 +160,118 @@ class PolicyModule(L.LightningModule):
             logger.log_metrics(metrics, step=step)
 
 
+def make_logger(cfg: TrainConfig) -> Logger:
+    """The Lightning logger `cfg.logger` names, writing into the run directory `cfg.run_dir`.
+
+    - `tensorboard`: event files in the run directory (`tensorboard --logdir <run dir>`).
+    - `csv`: `metrics.csv` (and the evaluators' `transcripts.jsonl`) in the run directory.
+    - `wandb`: a W&B run named after the run, project `$WANDB_PROJECT` (default
+      `bios-callbacks`), its files in `<run dir>/wandb/`; `WANDB_MODE=offline` needs no network
+      (`wandb sync` uploads later).
+    - `mlflow`: an MLflow run named after the run in experiment `$MLFLOW_EXPERIMENT_NAME`
+      (default `bios-callbacks`) at `$MLFLOW_TRACKING_URI`, by default a local file store in
+      `<run dir>/mlruns` that needs no server (MLflow 3 asks for `MLFLOW_ALLOW_FILE_STORE=true`
+      to use one: it is set for this process unless already set).
+
+    Example:
+        >>> make_logger(SFTConfig(train_data="train.jsonl", logger="csv"))  # doctest: +SKIP
+        <lightning.pytorch.loggers.csv_logs.CSVLogger object at ...>
+    """
+    run_dir = cfg.run_dir
+    if cfg.logger == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        project = os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
+        run_dir.mkdir(parents=True, exist_ok=True)  # W&B writes below it but does not create it
+        return WandbLogger(name=cfg.run_name, project=project, save_dir=str(run_dir))
+    if cfg.logger == "mlflow":
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        return _RunDirMLFlowLogger(
+            run_dir,
+            experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT,
+            run_name=cfg.run_name,
+            tracking_uri=mlflow_tracking_uri(cfg),
+        )
+    if cfg.logger == "csv":
+        return CSVLogger(save_dir=str(run_dir), name="", version="")
+    return TensorBoardLogger(save_dir=str(run_dir), name="", version="")
+
+
+DEFAULT_PROJECT = "bios-callbacks"
+"""The W&B project and MLflow experiment of the trainers' runs unless the environment names one."""
+
+
+def mlflow_tracking_uri(cfg: TrainConfig) -> str:
+    """`$MLFLOW_TRACKING_URI`, else a local file store in the run directory (`mlruns/`).
+
+    Example:
+        >>> cfg = SFTConfig(train_data="t.jsonl", log_dir="/runs/a")  # doctest: +SKIP
+        >>> mlflow_tracking_uri(cfg)  # doctest: +SKIP
+        'file:/runs/a/mlruns'
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"file:{(cfg.run_dir / 'mlruns').resolve()}"
+
+
+class _RunDirMLFlowLogger(MLFlowLogger):
+    """An `MLFlowLogger` whose `save_dir` is the run directory. Lightning takes
+    `trainer.log_dir` (where EvalCallback writes `eval_results.jsonl` and inline Inspect logs)
+    from the first logger's `save_dir`, which for MLflow is its tracking store, or None."""
+
+    def __init__(self, run_dir: Path, **options: Any) -> None:
+        super().__init__(**options)
+        self._run_dir = str(run_dir)
+
+    @property
+    def save_dir(self) -> str:
+        return self._run_dir
+
+
+def view_hint(cfg: TrainConfig) -> str:
+    """How to look at the run's metrics with `cfg.logger`'s own viewer.
+
+    Example:
+        >>> view_hint(SFTConfig(train_data="t.jsonl", run_name="a"))  # doctest: +SKIP
+        'tensorboard --logdir runs/a'
+    """
+    run_dir = cfg.run_dir
+    if cfg.logger == "wandb":
+        project = os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
+        return f"W&B project {project} (offline: wandb sync {run_dir}/wandb/offline-run-*)"
+    if cfg.logger == "mlflow":
+        uri = mlflow_tracking_uri(cfg)
+        allow = "MLFLOW_ALLOW_FILE_STORE=true " if uri.startswith("file:") else ""
+        return f"{allow}mlflow ui --backend-store-uri {uri}"
+    if cfg.logger == "csv":
+        return str(run_dir / "metrics.csv")
+    return f"tensorboard --logdir {run_dir}"
+
+
 def build_trainer(
     cfg: TrainConfig,
     *,
     base_model: str,
     renderer_name: str,
     callbacks: Sequence[L.Callback] = (),
+    evaluator_builders: Sequence[Callable[[], Any]] = (),
 ) -> L.Trainer:
-    """A Lightning Trainer for `cfg.steps` optimizer steps with TensorBoard logs in `log_dir`,
-    the config's evaluators (EvalCallback) and `bios` checkpoints every `save_every` steps."""
+    """A Lightning Trainer for `cfg.steps` optimizer steps logging to `cfg.logger` in `log_dir`,
+    the config's evaluators (EvalCallback; `evaluator_builders` run first among the regular
+    ones) and `bios` checkpoints every `save_every` steps."""
     all_callbacks: list[L.Callback] = []
-    if cfg.evaluator_builders or cfg.infrequent_evaluator_builders:
+    regular = [*evaluator_builders, *cfg.evaluator_builders]
+    if regular or cfg.infrequent_evaluator_builders:
         from bios_callbacks import EvalCallback
 
         all_callbacks.append(
             EvalCallback(
-                evaluator_builders=cfg.evaluator_builders,
+                evaluator_builders=regular,
                 eval_every=cfg.eval_every,
                 infrequent_evaluator_builders=cfg.infrequent_evaluator_builders,
                 infrequent_eval_every=cfg.infrequent_eval_every,
+                async_infrequent=cfg.async_infrequent,
+                snapshot_device=cfg.snapshot_device,
             )
         )
     saver = CheckpointSaver(cfg, base_model=base_model, renderer_name=renderer_name)
@@ -188,7 +282,8 @@ def build_trainer(
         max_epochs=-1,
         accelerator="auto",
         devices=1,
-        logger=TensorBoardLogger(save_dir=str(cfg.run_dir), name="", version=""),
+        logger=make_logger(cfg),
+        default_root_dir=str(cfg.run_dir),
         callbacks=all_callbacks,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -258,19 +353,26 @@ def fit(
     base_model: str,
     renderer_name: str,
     callbacks: Sequence[L.Callback] = (),
+    evaluator_builders: Sequence[Callable[[], Any]] = (),
 ) -> TrainResult:
     """Fits `module` (resuming from `cfg.resume_from` if set) and reports the final checkpoint.
 
-    An error inside the loop saves a checkpoint of the last finished step and propagates;
-    SIGTERM stops after the current step, saves, and raises `SystemExit(143)`; Ctrl-C saves
-    and raises `SystemExit(1)`. The module's threads and clients are released in every case.
+    `evaluator_builders` are the trainer's own regular evaluators (SFT's test loss), run before
+    the config's. An error inside the loop saves a checkpoint of the last finished step and
+    propagates; SIGTERM stops after the current step, saves, and raises `SystemExit(143)`;
+    Ctrl-C saves and raises `SystemExit(1)`. The module's threads and clients are released and
+    a W&B run is finished in every case.
     """
     resume = trainer_state(cfg) if cfg.resume_from else None
     if resume is not None:
         print(f"resuming from {checkpoint_uri(resume.parent)}; the run goes on in {cfg.run_dir}")
     with quiet_training():
         trainer = build_trainer(
-            cfg, base_model=base_model, renderer_name=renderer_name, callbacks=callbacks
+            cfg,
+            base_model=base_model,
+            renderer_name=renderer_name,
+            callbacks=callbacks,
+            evaluator_builders=evaluator_builders,
         )
         try:
             trainer.fit(module, train_dataloaders=batches, ckpt_path=resume, weights_only=True)
@@ -279,11 +381,13 @@ def fit(
             raise SystemExit(SIGTERM_EXIT_STATUS) from None
         finally:
             module.release()
+            if cfg.logger == "wandb":  # else a later run in this process would log into it
+                trainer.logger.experiment.finish()
 
     saver = next(cb for cb in trainer.callbacks if isinstance(cb, CheckpointSaver))
     final = checkpoint_uri(saver.saved[-1]) if saver.saved else ""
     print(f"done: step {trainer.global_step}, checkpoint {final}")
-    print(f"view the logs: tensorboard --logdir {cfg.run_dir}")
+    print(f"view the logs: {view_hint(cfg)}")
     return TrainResult(
         cfg.run_dir, final, latest_results(trainer, module), module.history, module.model
     )

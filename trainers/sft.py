@@ -2,8 +2,10 @@
 
 Loss is next-token cross-entropy on every assistant message of a conversation
 (`TRAIN_ON_WHAT`: the renderer's `build_supervised_example` weights for
-`TrainOnWhat.ALL_ASSISTANT_MESSAGES`). Train loss is printed every step and test loss every
-`test_every` steps; both go to TensorBoard in `log_dir` together with the evaluators' metrics.
+`TrainOnWhat.ALL_ASSISTANT_MESSAGES`). Train loss is printed every step as `train/loss`. The
+test loss is an `NLLEvaluator` named `test` over the same tokens and weights of `test_data`,
+run with the regular evaluators every `eval_every` steps (as in tinker-cookbook) and logged as
+`eval/test/loss`; everything goes to the run's logger in `log_dir`.
 
 Command line:
     python -m trainers.sft train_data=train.jsonl test_data=test.jsonl steps=100 \
@@ -19,6 +21,7 @@ Python:
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Sequence
@@ -27,9 +30,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from bios_callbacks.evaluators import NLLEvaluator
 from bios_callbacks.models.token_logprobs import token_logprobs
 from bios_callbacks.models.tokens import pad_token_id
-from bios_callbacks.models.train_flags import evaluation_mode
 from bios_callbacks.renderers import TrainOnWhat
 from trainers import data
 from trainers.cli import run_cli
@@ -58,19 +61,14 @@ def weighted_loss(
 
 
 class SFTModule(PolicyModule):
-    """The SFT LightningModule: `model` + `tokenizer`, masked loss, test loss on a schedule."""
+    """The SFT LightningModule: `model` + `tokenizer` and the masked loss."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: SFTConfig, test_batches: list):
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: SFTConfig):
         super().__init__(model, tokenizer, cfg)
-        self.test_batches = test_batches
-        self.last_tested: int | None = None
         self.step_started = time.perf_counter()
 
     def training_step(self, batch: data.SupervisedBatch, batch_idx: int) -> torch.Tensor:
         step = self.global_step  # the weights after `step` optimizer updates
-        test_every = self.cfg.test_every
-        if step == 0 or (test_every and step % test_every == 0):
-            self.test_loss()
         with out_of_memory_explained(self.cfg):
             total, weight = weighted_loss(self.model, batch)
         loss = total / weight
@@ -81,38 +79,9 @@ class SFTModule(PolicyModule):
         print(f"step {step}: train loss {value:.4f} ({seconds:.2f}s)", flush=True)
         return loss
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["sft_last_tested"] = self.last_tested
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A run resumed at a step whose test loss was logged does not log it again."""
-        self.last_tested = checkpoint.get("sft_last_tested")
-
-    def finish_training(self) -> None:
-        """Called by CheckpointSaver before the final checkpoint: the last test loss."""
-        self.test_loss()
-
-    @torch.no_grad()
-    def test_loss(self) -> float | None:
-        """Mean per-token loss on the test set for the current weights (once per step)."""
-        step = self.global_step
-        if not self.test_batches or step == self.last_tested:
-            return None
-        total = weight = 0.0
-        with evaluation_mode(self.model):  # restores every submodule's own training flag
-            for batch in self.test_batches:
-                t, w = weighted_loss(self.model, _on(batch, self.device))
-                total, weight = total + t, weight + w
-        loss = float(total / weight)
-        self.last_tested = step
-        self.log_metrics({"test/loss": loss}, step=step)
-        print(f"step {step}: test loss {loss:.4f}", flush=True)
-        return loss
-
-
-def _on(batch: data.SupervisedBatch, device: torch.device) -> data.SupervisedBatch:
-    return data.SupervisedBatch(batch.tokens.to(device), batch.weights.to(device))
+TEST_EVALUATOR = "test"
+"""The name of SFT's test-loss evaluator: its metrics are `eval/test/loss` and `.../loss_stderr`."""
 
 
 def train(
@@ -148,16 +117,18 @@ def train(
         train_convs, renderer, cfg.max_length, TRAIN_ON_WHAT
     )
     test_examples = data.tokenize_conversations(test_convs, renderer, cfg.max_length, TRAIN_ON_WHAT)
-    test_batches = [
-        data.collate(test_examples[i : i + cfg.batch_size], pad_id)
-        for i in range(0, len(test_examples), cfg.batch_size)
-    ]
+    test_loss = (
+        [functools.partial(NLLEvaluator, test_examples, name=TEST_EVALUATOR)]
+        if test_examples
+        else []
+    )
     batches = data.BatchStream(
         train_examples,
         cfg.batch_size,
         lambda batch: data.collate(batch, pad_id),
         seed=cfg.seed,
         start=resumed_step(cfg),
+        length=lambda example: len(example[0]),  # batches of similar lengths: less padding
     )
     print(
         f"SFT {base_model} ({renderer_name}): {len(train_examples)} train / "
@@ -167,7 +138,7 @@ def train(
     )
 
     # train: Lightning runs the loop; callbacks evaluate and checkpoint
-    module = SFTModule(model, tokenizer, cfg, test_batches)
+    module = SFTModule(model, tokenizer, cfg)
     return fit(
         cfg,
         module,
@@ -175,6 +146,7 @@ def train(
         base_model=base_model,
         renderer_name=renderer_name,
         callbacks=callbacks,
+        evaluator_builders=test_loss,
     )
 
 

@@ -89,3 +89,25 @@ def test_inspect_scores_the_answer_and_keeps_the_reasoning_on_request(
         assert [part.reasoning for part in reasoning] == ["The capital of France."]
     else:
         assert message.content == "Paris"
+
+
+def test_inline_inspect_evaluator_passes_include_reasoning_on(thinker, tmp_path):
+    from inspect_ai.log import read_eval_log
+
+    from bios_callbacks.eval.inspect_evaluators import InspectEvaluatorBuilder
+
+    client, _ = thinker
+    task = Task(name="capital", dataset=[Sample(input=QUESTION, target="Paris")], scorer=exact())
+    builder = InspectEvaluatorBuilder(
+        tasks=[task], renderer_name="qwen3", max_tokens=16, log_dir=tmp_path, include_reasoning=True
+    )
+    evaluator = builder()
+    with preserved_terminal():
+        metrics = asyncio.run(evaluator(client))
+
+    assert evaluator.name == "capital" and metrics["exact/mean"] == 1.0
+    [log_file] = (tmp_path / "inspect_logs").glob("*.eval")
+    message = read_eval_log(str(log_file)).samples[0].output.message
+    assert [part.reasoning for part in message.content if isinstance(part, ContentReasoning)] == [
+        "The capital of France."
+    ]

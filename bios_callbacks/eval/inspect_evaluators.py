@@ -79,6 +79,8 @@ class InspectEvaluatorBuilder:
             replaces it.
         temperature, max_tokens, max_connections: generation settings (0 = greedy; how many
             samples are sampled together).
+        include_reasoning: hand a thinking renderer's reasoning to Inspect as well (see
+            `InspectAPIFromBiosSampling`); by default scorers get the answer's text only.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class InspectEvaluatorBuilder:
         temperature: float = 0.0,
         max_tokens: int | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        include_reasoning: bool = False,
     ) -> None:
         if isinstance(tasks, str) or not tasks:
             raise ValueError(
@@ -106,6 +109,7 @@ class InspectEvaluatorBuilder:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.max_connections = max_connections
+        self.include_reasoning = include_reasoning
 
     def __call__(self) -> InspectEvaluator:
         """A new evaluator; its tasks are loaded now, so bad names fail before training."""
@@ -151,7 +155,10 @@ class InspectEvaluator(SamplingClientEvaluator):
 
         b = self.builder
         api = InspectAPIFromBiosSampling(
-            model_name=b.model_name, renderer_name=b.renderer_name, sampling_client=sampling_client
+            model_name=b.model_name,
+            renderer_name=b.renderer_name,
+            sampling_client=sampling_client,
+            include_reasoning=b.include_reasoning,
         )
         config = GenerateConfig(
             max_connections=b.max_connections, temperature=b.temperature, max_tokens=b.max_tokens

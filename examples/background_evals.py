@@ -3,9 +3,9 @@
 Fine-tunes the embedded SmolLM2-135M-Instruct on the `make demo` capitals task. The infrequent
 evaluator (strict-format QA accuracy, which samples) runs in the background on a copy of each
 round's weights while training goes on (the trainers' `async_infrequent=True`, passed to
-`EvalCallback`), and is logged at its own step. After training, the checkpoint watcher evaluates every saved checkpoint with
-an Inspect task and logs it at the checkpoint's step under `<run>/watch/`; during a real run
-you would start it in another terminal instead:
+`EvalCallback`), and is logged at its own step. After training, the checkpoint watcher
+evaluates every saved checkpoint with an Inspect task and logs it at the checkpoint's step
+under `<run>/watch/`; during a real run you would start it in another terminal instead:
 
     python -m examples.background_evals [steps=8 save_every=4 infrequent_eval_every=3 ...]
     python -m bios_callbacks.eval.watch run=bios://<run> tasks=examples.demo:capitals_task \\

@@ -410,7 +410,7 @@ class _Checkpoint:
 
 
 def _kind(slot: Any) -> str | None:
-    """ "sampling" or "training": the client the slot's evaluator takes (None: not built)."""
+    """The client the slot's evaluator takes, "sampling" or "training" (None: not built)."""
     from bios_callbacks.evaluators.base import client_kind
 
     return None if slot.evaluator is None else client_kind(slot.evaluator)

@@ -157,11 +157,22 @@ class BatchStream:
     batches of `batch_size` (the last one of an epoch may be smaller). Iteration starts at
     batch `start`: a run resumed after N steps passes `start=N` and continues where it was.
 
+    With `length` (an item's length, e.g. its token count), batches are bucketed to cut
+    padding: each run of `BUCKET_BATCHES` batches of the permutation is sorted by length, cut
+    into batches, and those batches are shuffled. Every item still comes once an epoch, in a
+    batch of similar lengths.
+
     Example:
         >>> stream = iter(BatchStream(list("abcdef"), 4, list, seed=0, start=1))
         >>> len(next(stream)), len(next(stream))  # the end of epoch 0, the start of epoch 1
         (2, 4)
+        >>> words = ["a", "bbbb", "cc", "dddd", "e", "ff"]
+        >>> bucketed = BatchStream(words, 2, list, seed=0, length=len)
+        >>> sorted(sorted(words[i] for i in batch) for batch in bucketed.epoch(0))
+        [['a', 'e'], ['bbbb', 'dddd'], ['cc', 'ff']]
     """
+
+    BUCKET_BATCHES = 16
 
     def __init__(
         self,
@@ -171,21 +182,36 @@ class BatchStream:
         *,
         seed: int,
         start: int = 0,
+        length: Callable[[Any], int] | None = None,
     ):
         self.items = items
         self.batch_size = batch_size
         self.collate = collate
         self.seed = seed
         self.start = start
+        self.length = length
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        """The batches of epoch `epoch`, as lists of item indices."""
+        size = self.batch_size
+        order = list(range(len(self.items)))
+        rng = random.Random(f"{self.seed}:{epoch}")
+        rng.shuffle(order)
+        if self.length is None:
+            return [order[i : i + size] for i in range(0, len(order), size)]
+        window = size * self.BUCKET_BATCHES
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda i: self.length(self.items[i]))
+            bucketed = [chunk[i : i + size] for i in range(0, len(chunk), size)]
+            rng.shuffle(bucketed)
+            batches += bucketed
+        return batches
 
     def __iter__(self) -> Iterator[Any]:
-        size = self.batch_size
-        per_epoch = -(-len(self.items) // size)
+        per_epoch = -(-len(self.items) // self.batch_size)
         epoch, first = divmod(self.start, per_epoch)
         while True:
-            order = list(range(len(self.items)))
-            random.Random(f"{self.seed}:{epoch}").shuffle(order)
-            for batch in range(first, per_epoch):
-                chosen = order[batch * size : (batch + 1) * size]
+            for chosen in self.epoch(epoch)[first:]:
                 yield self.collate([self.items[i] for i in chosen])
             epoch, first = epoch + 1, 0

@@ -381,8 +381,8 @@ def fit(
             raise SystemExit(SIGTERM_EXIT_STATUS) from None
         finally:
             module.release()
-            if cfg.logger == "wandb":  # else a later run in this process would log into it
-                trainer.logger.experiment.finish()
+            if cfg.logger == "wandb":
+                _finish_wandb_run()
 
     saver = next(cb for cb in trainer.callbacks if isinstance(cb, CheckpointSaver))
     final = checkpoint_uri(saver.saved[-1]) if saver.saved else ""
@@ -391,6 +391,15 @@ def fit(
     return TrainResult(
         cfg.run_dir, final, latest_results(trainer, module), module.history, module.model
     )
+
+
+def _finish_wandb_run() -> None:
+    """Finishes the W&B run the logger started, if it started one (else a later run in this
+    process would log into it; starting one here could raise over the error being handled)."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.run.finish()
 
 
 def explain_out_of_memory(exc: BaseException, cfg: TrainConfig) -> BaseException:

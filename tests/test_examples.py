@@ -81,8 +81,7 @@ def test_demo_summary_shows_scores_with_95_percent_intervals_not_counts(tmp_path
         results.append(RoundRecord(step=step, metrics=metrics, lists=["regular"]))
     lines = [" ".join(line.split()) for line in demo.summarize(tmp_path)]
     assert lines == [
-        "eval/capitals/includes/accuracy step 0: 0.500 ± 0.196 "
-        "step 16: 0.500 ± 0.196",
+        "eval/capitals/includes/accuracy step 0: 0.500 ± 0.196 step 16: 0.500 ± 0.196",
         # 0 of 16 right: Wilson's interval, not ± 0
         "eval/strict_format/accuracy step 0: 0.000 [0.000, 0.194] step 16: 0.750 ± 0.219",
     ]

@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.inspect_throughput
 	$(BIN)/python -m bench.callback_overhead
 	$(BIN)/python -m bench.async_rounds
+	$(BIN)/python -m bench.sft_throughput
 
 # llama.cpp's llama-server, built once from source into ~/.cache/bios_callbacks/llama.cpp
 # (24 min on two busy cores here); `make test` never builds it: its tests skip until then.

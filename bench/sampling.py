@@ -11,6 +11,12 @@ Two workloads:
 The equal workload also runs transformers' own continuous batching (`generate_batch`), which
 this library does not use because it is slower than the padded call on these CPUs.
 
+The headline runs (32 concurrent requests) run alternately with packed weights (the default
+on CPU, `sampling/packed_linear.py`), with plain weights, and as one padded `generate` call.
+Every configuration also shows the share of the fp32 matmul peak it reaches (a 1024^3 matmul
+measured in this run; FLOPs counted over the linear layers). A per-step breakdown of a 32-row
+decode step follows (`bench/decode_step.py`).
+
 Then a few-shot eval workload (every prompt opens with the same instructions and examples, short
 answers) with prefix caching on and off, and the dtype comparison.
 """
@@ -23,10 +29,12 @@ import time
 
 import torch
 
+from bench.decode_step import flops_per_token, matmul_peak, print_breakdown
 from bios_callbacks import types
 from bios_callbacks.models import EMBEDDED_MODEL, load_model
 from bios_callbacks.models.tokens import pad_token_id
 from bios_callbacks.sampling.client import SamplingClient
+from bios_callbacks.sampling.engine import DecodeEngine
 
 TOPICS = [
     "the ocean",
@@ -178,11 +186,22 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tokenizer = load_model(EMBEDDED_MODEL)
-    client = SamplingClient.from_module(model, tokenizer, max_batch_size=args.prompts)
+    peak = matmul_peak()
+    token_flops = flops_per_token(model)
+    clients = {}
+    for packed in (True, False):
+        engine = DecodeEngine(model, tokenizer, max_batch_size=args.prompts)
+        engine.runner.pack_weights = packed
+        clients[packed] = SamplingClient(engine)
+    client = clients[True]
     batch = prompts(tokenizer, args.prompts)
-    run_concurrent(client, batch[:2], [4, 4])  # warm-up
+    for warm in clients.values():
+        run_concurrent(warm, batch[:2], [4, 4])  # warm-up
 
-    print(f"model {EMBEDDED_MODEL}, fp32, {torch.get_num_threads()} threads, greedy")
+    print(
+        f"model {EMBEDDED_MODEL}, fp32, {torch.get_num_threads()} threads, greedy; "
+        f"matmul peak {peak / 1e9:.0f} GFLOP/s, {token_flops / 1e6:.0f} MFLOP per token"
+    )
     for workload in ("equal", "varied"):
         if workload == "equal":
             limits = [args.max_tokens] * len(batch)
@@ -203,26 +222,34 @@ def main() -> None:
                     run_generate_batch(model, tokenizer, batch, args.max_tokens),
                 )
             )
-        # The headline pair runs alternately, `repeats` times each; each keeps its median run.
-        ours, padded = [], []
+        # The headline runs alternate, `repeats` times each; each keeps its median run.
+        ours, plain, padded = [], [], []
         for _ in range(args.repeats):
             ours.append(run_concurrent(client, batch, limits))
+            plain.append(run_concurrent(clients[False], batch, limits))
             padded.append(run_static(model, tokenizer, batch, limits))
         rows.append((f"concurrent x{len(batch)}", _median_run(ours)))
+        rows.append((f"  plain weights x{len(batch)}", _median_run(plain)))
         rows.append((f"padded generate x{len(batch)}", _median_run(padded)))
         rate = {name: tokens / seconds for name, (tokens, seconds) in rows}
         base, static = rate[rows[0][0]], rate[rows[-1][0]]
         print(f"\n{workload} lengths ({'x'.join(map(str, sorted(set(limits))))} new tokens)")
-        print(f"| {'run':<24} | tokens | seconds | tokens/s | vs sequential | vs padded |")
-        print(f"|{'-' * 26}|--------|---------|----------|---------------|-----------|")
+        print(
+            f"| {'run':<24} | tokens | seconds | tokens/s | % of peak | vs sequential | vs padded |"
+        )
+        print(f"|{'-' * 26}|--------|---------|----------|-----------|---------------|-----------|")
         for name, (tokens, seconds) in rows:
             print(
                 f"| {name:<24} | {tokens:6d} | {seconds:7.1f} | {rate[name]:8.1f} "
+                f"| {rate[name] * token_flops / peak:9.0%} "
                 f"| {rate[name] / base:12.2f}x | {rate[name] / static:8.2f}x |"
             )
-    client.close()
+    for each in clients.values():
+        each.close()
+    print_breakdown(model, tokenizer, batch, peak)
     compare_prefix_caching(model, tokenizer, args.prompts, args.repeats)
     compare_bfloat16(tokenizer, batch, [args.max_tokens] * len(batch), model)
+    print(f"\nmatmul peak at the end of the run {matmul_peak() / 1e9:.0f} GFLOP/s")
 
 
 def compare_prefix_caching(model, tokenizer, count: int, repeats: int) -> None:

@@ -1,16 +1,17 @@
 """Linear layers with weights pre-packed for oneDNN, for decoding on CPUs.
 
-A decode step multiplies a few dozen rows by every weight matrix. MKL's plain `sgemm` reaches
-about half of the machine's matmul peak on such skinny products (a third on the 49k-row output
-embedding); oneDNN with the weight reordered once into its blocked layout reaches 80-90%
-(`bench/sampling.py` prints both). `packed_linears(model)` lets the model's `nn.Linear` layers use
-packed copies while the block runs: each weight is packed on first use, repacked if it changes
-(its version counter moves), and the copies are freed when the block ends, so a live training
-model costs one extra copy of its linear weights only while it is sampling.
+A decode step multiplies a few dozen rows by every weight matrix. On these 2-core CPUs MKL's
+plain `sgemm` reaches 50-90 GFLOP/s on such skinny products (about 50 on the 49k-row output
+embedding) of a ~150 GFLOP/s peak; oneDNN, with each weight reordered once into its blocked
+layout, reaches about 110 (`bench/decode_step.py` prints a step with both).
+`packed_linears(model)` lets the model's `nn.Linear` layers use packed copies while the block
+runs: each weight is packed on first use (0.4 s for SmolLM2-135M's 134M weights), repacked if it
+changes (its version counter moves), and the copies are freed when the block ends, so a live
+training model costs one extra copy of its linear weights only while it is sampling.
 
 Only float32 weights on CPU qualify (oneDNN's bf16 path needs AVX-512 or AVX-NE-CONVERT).
-Single-row products (one sequence decoding alone) and anything computed with gradients keep the
-plain layer, which is as fast there.
+A batch of one sequence (a request decoding alone) and anything computed with gradients or
+under autocast keep the plain layer; so a busy period of single requests never packs.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _packed_forward(
     def forward(x: torch.Tensor) -> torch.Tensor:
         weight = module.weight
         if (
-            x.numel() == x.shape[-1]
+            x.shape[0] == 1  # one sequence: the plain layer is as fast, and needs no packing
             or x.dtype != weight.dtype
             or torch.is_grad_enabled()
             or torch.is_autocast_enabled("cpu")

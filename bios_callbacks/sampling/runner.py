@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Iterator
 
 import torch
+from torch.profiler import record_function
 
 from bios_callbacks.models.tokens import pad_token_id
 from bios_callbacks.models.train_flags import evaluation_mode
@@ -78,6 +79,11 @@ class ModelRunner:
         compute_dtype: autocast dtype for forward passes, or None for the weights' own.
         prefix_caching: reuse the keys and values of a prompt prefix recent prompts share.
             Always off for sliding-window models.
+
+    `pack_weights` (default True) runs float32 CPU linear layers on oneDNN-packed weights
+    without autocast (`packed_linear`); benches turn it off to compare.
+    Forward passes and token choice are labelled `bios.forward` and `bios.choose_tokens` for
+    `torch.profiler`.
     """
 
     def __init__(
@@ -100,6 +106,7 @@ class ModelRunner:
         self._trim_logits = "logits_to_keep" in forward_args
         caching = prefix_caching and not _uses_sliding_window(text_config)
         self._prefixes = PrefixCache(self._encode_prefix) if caching else None
+        self.pack_weights = True
 
     @property
     def device(self) -> torch.device:
@@ -114,8 +121,10 @@ class ModelRunner:
             self._prefixes.check_weights(self.model)
         if self.compute_dtype is not None:
             speedup = torch.autocast(self.device.type, dtype=self.compute_dtype)
-        else:
+        elif self.pack_weights:
             speedup = packed_linears(self.model)
+        else:
+            speedup = contextlib.nullcontext()
         with torch.no_grad(), evaluation_mode(self.model), speedup:
             yield
 
@@ -181,23 +190,25 @@ class ModelRunner:
         kwargs = {self._cache_arg: cache}
         if prefill and self._trim_logits:
             kwargs["logits_to_keep"] = 1
-        out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs
-        )
+        with record_function("bios.forward"):
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs
+            )
         return out.logits[:, -1]
 
     def _advance(self, batch: Batch, logits: torch.Tensor) -> None:
         """Samples each row's next token, records it, and lets finished rows leave."""
-        if all(s.request.params.temperature == 0 for s in batch.seqs):
-            uniform = None
-        else:
-            uniform = torch.tensor([s.uniform() for s in batch.seqs], device=logits.device)
-        tokens, logprobs = next_tokens(logits, batch.temperature, batch.top_k, batch.top_p, uniform)
-        batch.next_input = tokens
-        pushed = zip(batch.seqs, tokens.tolist(), logprobs.tolist(), strict=True)
-        keep = [
-            row for row, (seq, token, logprob) in enumerate(pushed) if not seq.push(token, logprob)
-        ]
+        with record_function("bios.choose_tokens"):
+            if all(s.request.params.temperature == 0 for s in batch.seqs):
+                uniform = None
+            else:
+                uniform = torch.tensor([s.uniform() for s in batch.seqs], device=logits.device)
+            tokens, logprobs = next_tokens(
+                logits, batch.temperature, batch.top_k, batch.top_p, uniform
+            )
+            batch.next_input = tokens
+            pushed = zip(batch.seqs, tokens.tolist(), logprobs.tolist(), strict=True)
+            keep = [row for row, (seq, tok, logp) in enumerate(pushed) if not seq.push(tok, logp)]
         if len(keep) < len(batch):
             batch.keep(keep)
 

@@ -1,0 +1,104 @@
+"""Where a decode step's time goes, against the machine's matmul peak measured in the same run.
+
+Used by `bench/sampling.py`; run alone (`python -m bench.decode_step`) for just the breakdown.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from bios_callbacks import types
+from bios_callbacks.sampling.request import Request
+from bios_callbacks.sampling.runner import ModelRunner
+
+MATMULS = ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise")
+COPIES = ("aten::cat", "aten::copy_", "aten::index", "aten::index_select")
+
+
+def matmul_peak(size: int = 1024, trials: int = 5) -> float:
+    """FLOP/s of the best of `trials` float32 `size`^3 matmuls (each timed over 10 products)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        best = min(best, (time.perf_counter() - start) / 10)
+    return 2 * size**3 / best
+
+
+def flops_per_token(model: torch.nn.Module) -> int:
+    """Matmul FLOPs of one token through every linear layer (attention scores left out)."""
+    return 2 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def step_breakdown(
+    model: torch.nn.Module, tokenizer, prompts: list[list[int]], *, packed: bool, steps: int = 8
+) -> dict[str, float]:
+    """Milliseconds per decode step of all `prompts` as one batch (greedy), by kind of work.
+
+    Keys: `step`, `matmul`, `attention`, `choose tokens, stop checks` (the runner's token
+    choice), `cache and mask copies`, `other` (norms, RoPE, activations, Python), and
+    `live columns` (the share of attention columns that are not padding, in [0, 1]).
+    """
+    runner = ModelRunner(model, tokenizer, compute_dtype=None, prefix_caching=False)
+    runner.pack_weights = packed
+    params = types.SamplingParams(max_tokens=steps + 8, temperature=0.0)
+    parts = [(Request(p, 1, params, max_new_tokens=steps + 8), range(1)) for p in prompts]
+    with runner.serving():
+        batch = runner.prefill(parts)
+        runner.decode(batch)  # warm-up (and packing)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                with record_function("bench.step"):
+                    runner.decode(batch)
+        live = float(batch.mask.float().mean())
+    self_ms = {e.key: e.self_cpu_time_total / 1e3 / steps for e in prof.key_averages()}
+    total_ms = {e.key: e.cpu_time_total / 1e3 / steps for e in prof.key_averages()}
+    parts_ms = {
+        "matmul": sum(self_ms.get(k, 0.0) for k in MATMULS),
+        "attention": total_ms.get("aten::scaled_dot_product_attention", 0.0),
+        "choose tokens, stop checks": total_ms.get("bios.choose_tokens", 0.0),
+        "cache and mask copies": sum(self_ms.get(k, 0.0) for k in COPIES),
+    }
+    step = total_ms["bench.step"]
+    return {"step": step, **parts_ms, "other": step - sum(parts_ms.values()), "live columns": live}
+
+
+def print_breakdown(model, tokenizer, prompts: list[list[int]], peak: float) -> None:
+    """Prints the breakdown of a step with plain and with packed weights, side by side."""
+    flops = flops_per_token(model) * len(prompts)
+    runs = {
+        packed: step_breakdown(model, tokenizer, prompts, packed=packed) for packed in (False, True)
+    }
+    print(f"\none decode step of {len(prompts)} rows, ms (share of the step):")
+    print(f"| {'part':<28} | plain weights   | packed weights  |")
+    print(f"|{'-' * 30}|-----------------|-----------------|")
+    for key in runs[False]:
+        if key == "live columns":
+            continue
+        cells = [f"{r[key]:6.1f} ({r[key] / r['step']:4.0%})" for r in runs.values()]
+        print(f"| {key:<28} | {cells[0]:<15} | {cells[1]:<15} |")
+    fractions = [flops / (r["step"] / 1e3) / peak for r in runs.values()]
+    print(
+        f"| {'% of matmul peak':<28} | {fractions[0]:<15.0%} | {fractions[1]:<15.0%} |\n"
+        f"attention columns that are live (not padding): {runs[True]['live columns']:.0%}"
+    )
+
+
+def main() -> None:
+    from bench.sampling import prompts
+    from bios_callbacks.models import EMBEDDED_MODEL, load_model
+
+    model, tokenizer = load_model(EMBEDDED_MODEL)
+    peak = matmul_peak()
+    print(f"matmul peak {peak / 1e9:.0f} GFLOP/s (fp32, {torch.get_num_threads()} threads)")
+    print_breakdown(model, tokenizer, prompts(tokenizer, 32), peak)
+
+
+if __name__ == "__main__":
+    main()

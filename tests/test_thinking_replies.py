@@ -36,7 +36,7 @@ def thinker(tokenizer):
     labels = ids.clone()
     labels[0, : len(prompt)] = -100  # learn the reply only
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
+    for _ in range(100):  # seeds 0-2 need 40-50 steps
         optimizer.zero_grad()
         model(input_ids=ids, labels=labels).loss.backward()
         optimizer.step()

@@ -77,17 +77,22 @@ class RankWorker:
         try:
             with self.engine.runner.serving():
                 while True:
-                    tick = leader.next_tick() if leader is not None else None
+                    tick = _lead(leader) if leader is not None else None
                     gathered = exchange.all_gather((tick, report))
                     tick = gathered[0][0]
                     reports = [r for _, r in gathered]
                     if leader is not None:
-                        leader.receive(reports)
+                        _guarded(leader, leader.receive, reports)
                     if tick.stop:
                         return
-                    self._apply(tick, exchange.rank)
-                    if tick.jobs or any(r.busy for r in reports):
-                        self._compute()
+                    computes = bool(tick.jobs) or any(r.busy for r in reports)
+                    try:
+                        self._apply(tick, exchange.rank)
+                        if computes:
+                            self._compute()
+                    except Exception as error:  # never leave the others waiting: report it
+                        self._fail_all(error)
+                    if computes:
                         pause = 0.0
                     else:
                         time.sleep(pause)
@@ -105,8 +110,13 @@ class RankWorker:
 
     def _apply(self, tick: Tick, rank: int) -> None:
         for job in tick.jobs:
-            if job.rank == rank:
+            if job.rank != rank:
+                continue
+            try:
                 self._accept(job)
+            except Exception as error:  # this job fails; the others go on
+                message = f"evaluation worker failed: {_describe(error)}"
+                self._done.append(Done(job.job_id, error=message))
         for job_id in tick.cancelled:
             request = self._samples.pop(job_id, None)
             if request is not None:
@@ -177,6 +187,19 @@ class RankWorker:
         done, self._done = self._done, []
         return done
 
+    def _fail_all(self, error: Exception) -> None:
+        """Fails every job held here, naming `error` (this rank goes on ticking)."""
+        message = f"evaluation worker failed: {_describe(error)}"
+        for job_id in list(self._samples):
+            self._samples.pop(job_id).future.cancel()
+            self._done.append(Done(job_id, error=message))
+        for job, _ in self._scores:
+            self._done.append(Done(job.job_id, error=message))
+        self._scores = deque()
+        with self.engine.stepper.lock:
+            self.engine.scheduler.take_pending()
+        self.engine.stepper.clear()
+
     def _abandon(self) -> None:
         """Drops what is left when the round ends (nobody waits for it any more)."""
         for request in list(self._samples.values()):
@@ -186,6 +209,24 @@ class RankWorker:
         self.engine.stepper.clear()
         self._samples, self._scores, self._done = {}, deque(), []
         self.served = 0
+
+
+def _lead(leader: Leader) -> Tick:
+    """Rank 0's next tick; if the leader itself breaks, the tick that ends the round."""
+    try:
+        return leader.next_tick()
+    except Exception as error:
+        leader.fail_all(RuntimeError(f"the round's leader failed: {_describe(error)}"))
+        return Tick(stop=True)
+
+
+def _guarded(leader: Leader, method: Any, *args: Any) -> None:
+    """Calls a leader method; if it breaks, fails every call and ends the round next tick."""
+    try:
+        method(*args)
+    except Exception as error:
+        leader.fail_all(RuntimeError(f"the round's leader failed: {_describe(error)}"))
+        leader.stop()
 
 
 def _describe(error: BaseException) -> str:

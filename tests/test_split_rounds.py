@@ -174,6 +174,91 @@ def test_a_split_round_spreads_rows_over_ranks_matches_one_process_and_resumes(
         assert record["metrics"]["eval/gives_up/timed_out"] == 1.0
 
 
+def test_fsdp1_rounds_gather_the_roots_own_parameters_and_match_one_process(
+    tmp_path, single_process
+):
+    """Lightning's FSDPStrategy needs a GPU, so this drives torch's FSDP1 directly on 2 CPU
+    processes: a root unit over the whole module (as FSDPStrategy wraps the LightningModule)
+    with one unit per decoder layer; a split round on it, after a training forward and
+    backward pass, gives one process's greedy answers."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, __file__, str(tmp_path), "fsdp1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    answers = json.loads((tmp_path / "answers.json").read_text())
+    assert answers["greedy"] == single_process["greedy"]
+    assert answers["seeded"] == single_process["seeded"]
+    assert min(answers["served"]) > 0
+
+
+def _fsdp1_rank(rank: int, out_dir: str, port: int) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    from bios_callbacks.callback.round import RoundOutcome
+    from bios_callbacks.distributed.rounds import SplitRounds
+    from bios_callbacks.models import EMBEDDED_MODEL
+    from bios_callbacks.tokenizer_utils import get_tokenizer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny import make_tiny_model
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+
+    class Holder(torch.nn.Module):  # what FSDPStrategy wraps: the LightningModule
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids):
+            return self.model(input_ids=ids, labels=ids).loss
+
+    tokenizer = get_tokenizer(EMBEDDED_MODEL)
+    holder = Holder(make_tiny_model(tokenizer))
+    root = FullyShardedDataParallel(
+        holder,
+        auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}),
+        use_orig_params=True,
+        device_id=torch.device("cpu"),
+    )
+    root(torch.tensor([[1, 200, 300, 400]])).backward()  # a training step, without the update
+    rounds = SplitRounds(holder.model, tokenizer, sharded=True)
+
+    async def answer(clients) -> RoundOutcome:
+        prompts = [tokenizer.encode(q) for q in QUESTIONS]
+        greedy, seeded = await _ask(clients.sampling(), prompts)
+        Path(out_dir, "answers.json").write_text(json.dumps({"greedy": greedy, "seeded": seeded}))
+        return RoundOutcome()
+
+    rounds.run(None, answer, root=root)
+    if rank == 0:
+        data = json.loads(Path(out_dir, "answers.json").read_text())
+        data["served"] = rounds.served
+        Path(out_dir, "answers.json").write_text(json.dumps(data))
+    rounds.close()
+    dist.destroy_process_group()
+
+
+def _run_fsdp1(out_dir: str) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_fsdp1_rank, args=(out_dir, port), nprocs=2)
+
+
 def _run(out_dir: str, strategy_name: str) -> None:
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -250,4 +335,7 @@ def _run(out_dir: str, strategy_name: str) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
-    _run(sys.argv[1], sys.argv[2])
+    if sys.argv[2] == "fsdp1":
+        _run_fsdp1(sys.argv[1])
+    else:
+        _run(sys.argv[1], sys.argv[2])

@@ -444,7 +444,7 @@ class EvalCallback(Callback):
         work = None
         with _preserved_state(pl_module):
             if self._split is not None:  # rank 0 evaluates, every rank decodes and scores
-                outcome = self._split.run(pl_module, make_round)
+                outcome = self._split.run(pl_module, make_round, root=trainer.strategy.model)
                 work = self._split.served
             else:
                 outcome = run_sync(make_round(self._clients))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -62,17 +63,25 @@ class SplitRounds:
         )
         self.served: list[int] = [0] * self.exchange.world_size  # rows per rank, last round
 
-    def run(self, module: Any, make_round: RoundFactory) -> RoundOutcome:
+    def run(
+        self, module: Any, make_round: RoundFactory, root: torch.nn.Module | None = None
+    ) -> RoundOutcome:
         """Runs one round. On rank 0 it returns the evaluators' outcome; elsewhere an empty
-        one, once rank 0 has ended the round (its numbers come by broadcast)."""
+        one, once rank 0 has ended the round (its numbers come by broadcast).
+
+        `root`: the module the strategy wraps. Under FSDP1 its own parameters (those in no
+        inner unit, e.g. the embeddings) stay sharded outside its forward pass, and the rounds
+        call the inner model: they are gathered for the round, on every rank.
+        """
+        around = _full_root_params(root)
         if self.exchange.rank != 0:
-            self.worker.serve(self.exchange, leader=None)
+            self.worker.serve(self.exchange, leader=None, around=around)
             return RoundOutcome()
         leader = Leader(self.exchange.world_size)
         model_name = self.sampling_options.get("model_name")
         clients = SplitClients(module, leader, self.worker, model_name=model_name)
         ticks = threading.Thread(
-            target=self._serve, args=(leader,), name="bios-split-round", daemon=True
+            target=self._serve, args=(leader, around), name="bios-split-round", daemon=True
         )
         ticks.start()
         try:
@@ -86,10 +95,20 @@ class SplitRounds:
         """Releases the worker's engine (the process group stays until the run ends)."""
         self.worker.close()
 
-    def _serve(self, leader: Leader) -> None:
+    def _serve(self, leader: Leader, around: AbstractContextManager | None) -> None:
         try:
-            self.worker.serve(self.exchange, leader)
+            self.worker.serve(self.exchange, leader, around)
         except BaseException as error:  # the exchange broke: nothing will answer the calls
             leader.fail_all(
                 RuntimeError(f"the ranks of this evaluation round lost contact: {error!r}")
             )
+
+
+def _full_root_params(root: torch.nn.Module | None) -> AbstractContextManager | None:
+    """FSDP1's root gathers its own parameters only in its forward pass, which rounds do not
+    call; None for anything else (DDP, FSDP2 units gather their own)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if not isinstance(root, FullyShardedDataParallel):
+        return None
+    return FullyShardedDataParallel.summon_full_params(root, recurse=False, writeback=False)

@@ -14,9 +14,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -66,8 +68,14 @@ class RankWorker:
         self._scores: deque[tuple[ScoreJob, list[list[float]]]] = deque()
         self._done: list[Done] = []
 
-    def serve(self, exchange: Exchange, leader: Leader | None) -> None:
-        """Ticks until rank 0 ends the round. `leader` is rank 0's (None elsewhere).
+    def serve(
+        self,
+        exchange: Exchange,
+        leader: Leader | None,
+        around: AbstractContextManager | None = None,
+    ) -> None:
+        """Ticks until rank 0 ends the round. `leader` is rank 0's (None elsewhere); `around`
+        is entered on every rank for the whole round (FSDP1: the root's own parameters).
 
         An error in one job fails that job; an error in the exchange (a rank died, the
         timeout passed) ends the round here and is raised.
@@ -75,7 +83,7 @@ class RankWorker:
         report, pause = Report(), 0.0
         counter = self.model.register_forward_hook(self._count_forward)
         try:
-            with self.engine.runner.serving():
+            with around or contextlib.nullcontext(), self.engine.runner.serving():
                 while True:
                     tick = _lead(leader) if leader is not None else None
                     gathered = exchange.all_gather((tick, report))

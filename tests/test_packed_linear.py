@@ -71,7 +71,8 @@ def test_a_peft_model_decodes_as_its_own_generate_does(tiny_model, tokenizer):
     peft = pytest.importorskip("peft")
     config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     lora = peft.get_peft_model(tiny_model, config)
-    prompts = [tokenizer.encode(text) for text in ("The sea", "Bread is", "Owls can")]
+    words = ("The sea", "Bread is", "Owls can", "Rain", "A clock", "Kites fly", "Deserts", "Ice")
+    prompts = [tokenizer.encode(text) for text in words]  # 8 rows: decode steps use the packs
     params = SamplingParams(max_tokens=6, temperature=0.0)
     with SamplingClient.from_module(lora, tokenizer) as client:
         responses = asyncio.run(_gather(client, prompts, params))

@@ -1,5 +1,6 @@
 """`key=value` command-line words, read by the field types of a dataclass: the one parser
-behind every command line here (the trainers, the examples, run_inspect_evals).
+behind every command line here (the trainers, the examples, run_inspect_evals, watch, compare),
+and `command_main`, the shared shape of the offline commands (`--help`, `error:` lines, exit 2).
 
 Strings stay strings (`run_name=007` is "007"), numbers must parse, lists are comma-separated
 (each item stripped of surrounding spaces),
@@ -22,10 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+
+class UsageError(ValueError):
+    """A bad command-line value (a word, a run, a task name): one `error:` line, exit 2."""
 
 
 def parse_words(fields: type, argv: Sequence[str]) -> dict[str, Any]:
@@ -92,3 +98,37 @@ def _parse_value(key: str, raw: str, hint: Any) -> Any:
             raise ValueError(f"{key}={raw}: expected a number.")
         return number
     return raw
+
+
+def command_main(
+    argv: list[str] | None,
+    usage: str,
+    parse: Callable[[list[str]], Any],
+    act: Callable[[Any], int],
+    *,
+    report_errors: bool,
+) -> int:
+    """The shared shape of the offline commands (run_inspect_evals, watch, compare): `--help`
+    prints `usage`; a bad word is one `error:` line followed by `usage`, and a bad run, task or
+    other value found later (a `UsageError`) one `error:` line, both exit 2; with
+    `report_errors`, any other error is one line and exit 1 instead of a traceback. Returns
+    what `act(parse(argv))` returns."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(usage)
+        return 0
+    try:
+        args = parse(argv)
+    except UsageError as error:
+        print(f"error: {error}\n\n{usage}", file=sys.stderr)
+        return 2
+    try:
+        return act(args)
+    except UsageError as error:  # a bad tasks=, run= or builder value
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if not report_errors:
+            raise
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1

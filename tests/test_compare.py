@@ -264,10 +264,6 @@ def test_plot_writes_one_panel_per_metric(runs, tmp_path, capsys):
         (["runs=a,bios://b/step_1"], r"run 'bios://b/step_1': expected bios://<run> \(a run, not"),
         (["runs=empty"], r"run 'empty' \(.*empty\) has no eval results: no eval_results.jsonl"),
         (["runs=a", "metrics=acuracy"], r"metrics='acuracy': no such metric in a; the metrics "),
-        (["run=a"], r"unknown key 'run'; valid keys: \['runs', 'metrics', 'plot'\]\."),
-        (["a"], r"argument 'a' is not key=value"),
-        (["metrics=loss"], r"missing runs=\.\.\.: e\.g\. runs=runs/sft-a"),
-        (["runs=a", "plot=curves.pdf"], r"plot='curves.pdf': expected a \.png file name"),
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_2(runs, words, message, capsys, monkeypatch):
@@ -278,6 +274,24 @@ def test_bad_input_is_one_error_line_and_exit_2(runs, words, message, capsys, mo
     assert captured.out == ""
     [line] = captured.err.splitlines()
     assert re.match("error: " + message, line), line
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["run=a"], r"Unknown CompareArgs key\(s\) \['run'\]\. Valid keys: runs, metrics, plot\."),
+        (["a"], r"Argument 'a' is not key=value\. Valid keys: runs, metrics, plot\."),
+        (["metrics=loss"], r"missing runs=\.\.\.: e\.g\. runs=runs/sft-a"),
+        (["runs=a", "plot=curves.pdf"], r"plot='curves.pdf': expected a \.png file name"),
+    ],
+)
+def test_a_bad_word_is_an_error_line_then_the_usage_and_exit_2(words, message, capsys):
+    assert compare.main(words) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    line, rest = captured.err.split("\n", 1)
+    assert re.match("error: " + message, line), line
+    assert rest.strip() == compare.USAGE.strip()
 
 
 def test_errors_list_what_there_is(runs, capsys, monkeypatch):

@@ -23,8 +23,8 @@ interval (paired over the items where both runs' per-item results are there: Ins
 or a QAEvaluator's transcripts.jsonl from a CSVLogger; else unpaired), and the items that
 changed, regressions first.
 
-Exit status: 0, or 2 with one error line for bad input (no such run, no results, an unknown
-metric name: the line lists the ones there are).
+Exit status: 0, or 2 with an `error:` line for bad input (an unknown key, no such run, no
+results, an unknown metric name: the line lists the ones there are).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,16 +49,12 @@ from bios_callbacks.evaluators.stats import (
     unpaired_stderr,
     wilson_interval,
 )
+from bios_callbacks.key_value import UsageError, command_main, parse_words
 
 USAGE = __doc__ or ""
-KEYS = ("runs", "metrics", "plot")
 NOT_METRICS = ("stderr", "scored", "unscored")  # last parts of standard errors and counts
 LOWER_IS_BETTER = ("loss", "nll", "bpb", "bits", "perplexity", "ppl", "error", "wer", "cer")
 SHOWN_ITEMS = 10  # changed items listed per direction
-
-
-class UsageError(ValueError):
-    """Bad input: printed as one line, exit status 2."""
 
 
 @dataclass
@@ -514,52 +510,56 @@ def plot(runs: Sequence[Run], metrics: Sequence[str], path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
-def parse_args(argv: Iterable[str]) -> dict[str, Any]:
-    """`key=value` words to `{"runs": [...], "metrics": [...], "plot": Path | None}`.
+@dataclass
+class CompareArgs:
+    """The comparison's keys, parsed."""
+
+    runs: list[str] | None = None
+    metrics: list[str] | None = None
+    plot: str | None = None
+
+
+def parse_args(argv: list[str]) -> CompareArgs:
+    """Parses `key=value` words, typed by `CompareArgs`'s fields (`bios_callbacks.key_value`,
+    the parser of every command line here), and checks them.
 
     Example:
         >>> parse_args(["runs=a,b", "metrics=accuracy"])
-        {'runs': ['a', 'b'], 'metrics': ['accuracy'], 'plot': None}
+        CompareArgs(runs=['a', 'b'], metrics=['accuracy'], plot=None)
+        >>> parse_args(["runs=a", "plot=curves.pdf"])
+        Traceback (most recent call last):
+        ...
+        bios_callbacks.key_value.UsageError: plot='curves.pdf': expected a .png file name, \
+e.g. plot=runs.png.
     """
-    values: dict[str, str] = {}
-    for word in argv:
-        key, sep, value = word.partition("=")
-        if not sep:
-            raise UsageError(f"argument {word!r} is not key=value; valid keys: {list(KEYS)}.")
-        if key not in KEYS:
-            raise UsageError(f"unknown key {key!r}; valid keys: {list(KEYS)}.")
-        values[key] = value
-    runs = [r.strip() for r in values.get("runs", "").split(",") if r.strip()]
-    if not runs:
+    try:
+        args = CompareArgs(**parse_words(CompareArgs, argv))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if not args.runs:
         raise UsageError("missing runs=...: e.g. runs=runs/sft-a or runs=sft-a,sft-b.")
-    metrics = [m.strip() for m in values.get("metrics", "").split(",") if m.strip()]
-    plot_path = Path(values["plot"]) if values.get("plot") else None
-    if plot_path is not None and plot_path.suffix.lower() != ".png":
-        raise UsageError(f"plot={values['plot']!r}: expected a .png file name, e.g. plot=runs.png.")
-    return {"runs": runs, "metrics": metrics, "plot": plot_path}
+    if args.plot and Path(args.plot).suffix.lower() != ".png":
+        raise UsageError(f"plot={args.plot!r}: expected a .png file name, e.g. plot=runs.png.")
+    return args
+
+
+def compare(args: CompareArgs) -> int:
+    """Prints the comparison (and writes the plot); returns the exit status."""
+    if args.plot:
+        _check_matplotlib()
+    specs = args.runs or []
+    runs = [load_run(spec, label) for spec, label in zip(specs, _labels(specs), strict=True)]
+    metrics = select_metrics(runs, args.metrics or [])
+    print(report(runs, metrics))
+    if args.plot:
+        plot(runs, metrics, Path(args.plot))
+        print(f"\nplot: {args.plot}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: prints the comparison; returns the exit status."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in {"-h", "--help", "help"}:
-        print(USAGE)
-        return 0
-    try:
-        args = parse_args(argv)
-        if args["plot"] is not None:
-            _check_matplotlib()
-        labels = _labels(args["runs"])
-        runs = [load_run(spec, label) for spec, label in zip(args["runs"], labels, strict=True)]
-        metrics = select_metrics(runs, args["metrics"])
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(report(runs, metrics))
-    if args["plot"] is not None:
-        plot(runs, metrics, args["plot"])
-        print(f"\nplot: {args['plot']}")
-    return 0
+    """Entry point: parses `argv`, prints the comparison, and returns the exit status."""
+    return command_main(argv, USAGE, parse_args, compare, report_errors=False)
 
 
 def _labels(specs: Sequence[str]) -> list[str]:

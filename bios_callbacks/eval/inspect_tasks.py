@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 from inspect_ai import Task
 
 from bios_callbacks.eval import inspect_private
+from bios_callbacks.key_value import UsageError
 
 TASK_NAMING = (
     "Name a task as an Inspect registry name (e.g. inspect_evals/ifeval, after "
@@ -46,8 +47,8 @@ TASK_NAMING = (
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
-class TaskNotFoundError(ValueError):
-    """A task name that names no task."""
+class TaskNotFoundError(UsageError):
+    """A task name that names no task (a usage error: the commands exit 2 on it)."""
 
 
 class HubDatasetUnavailableError(RuntimeError):

@@ -34,19 +34,14 @@ import dataclasses
 import json
 import re
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bios_callbacks.key_value import parse_words
+from bios_callbacks.key_value import UsageError, command_main, parse_words
 from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_CONNECTIONS
 
 USAGE = __doc__ or ""
-
-
-class UsageError(ValueError):
-    """A bad command-line argument."""
 
 
 @dataclass
@@ -79,7 +74,7 @@ def parse_args(argv: list[str]) -> EvalArgs:
         >>> parse_args(["tasks=a.py@t", "model_name=m", "limit=0"])
         Traceback (most recent call last):
         ...
-        bios_callbacks.eval.run_inspect_evals.UsageError: limit=0: expected an integer >= 1.
+        bios_callbacks.key_value.UsageError: limit=0: expected an integer >= 1.
     """
     try:  # `--limit=5` reads as `limit=5`
         values = parse_words(EvalArgs, [word.lstrip("-") for word in argv])
@@ -232,40 +227,6 @@ def _format_metric(key: str, value: float, metrics: dict[str, float]) -> str:
             text += f" ({unscored} unscored: the metrics count only the scored)"
         return text
     return f"{value:.4f}"
-
-
-def command_main(
-    argv: list[str] | None,
-    usage: str,
-    parse: Callable[[list[str]], Any],
-    act: Callable[[Any], int],
-    *,
-    report_errors: bool,
-) -> int:
-    """The shared shape of this package's offline CLIs: `--help` prints `usage`; a bad word,
-    task or run is one `error:` line and exit 2; with `report_errors`, any other error is one
-    line and exit 1 instead of a traceback. Returns what `act(parse(argv))` returns."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in {"-h", "--help", "help"}:
-        print(usage)
-        return 0
-    try:
-        args = parse(argv)
-    except UsageError as error:
-        print(f"error: {error}\n\n{usage}", file=sys.stderr)
-        return 2
-    from bios_callbacks.eval.inspect_tasks import TaskNotFoundError  # imports inspect_ai
-
-    try:
-        return act(args)
-    except (UsageError, TaskNotFoundError) as error:  # a bad tasks=, run= or builder value
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:
-        if not report_errors:
-            raise
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,8 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bios_callbacks.eval.run_inspect_evals import UsageError, command_main
-from bios_callbacks.key_value import parse_words
+from bios_callbacks.key_value import UsageError, command_main, parse_words
 from bios_callbacks.models.atomic_dirs import is_staging_dir
 from bios_callbacks.models.references import (
     BIOS_URI_PREFIX,
@@ -99,7 +98,7 @@ def parse_args(argv: list[str]) -> WatchArgs:
         >>> parse_args(["run=bios://demo"])
         Traceback (most recent call last):
         ...
-        bios_callbacks.eval.run_inspect_evals.UsageError: Nothing to evaluate: give tasks=... \
+        bios_callbacks.key_value.UsageError: Nothing to evaluate: give tasks=... \
 (Inspect tasks) and/or evaluator_builders=module:attribute,...
     """
     try:

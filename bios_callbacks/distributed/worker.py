@@ -94,12 +94,15 @@ class RankWorker:
                     if tick.stop:
                         return
                     computes = bool(tick.jobs) or any(r.busy for r in reports)
+                    before = self._forwards
                     try:
                         self._apply(tick, exchange.rank)
                         if computes:
                             self._compute()
                     except Exception as error:  # never leave the others waiting: report it
                         self._fail_all(error)
+                    if computes and self.sharded and self._forwards == before:
+                        self._empty_forward()  # another rank computes: gather with it
                     if computes:
                         pause = 0.0
                     else:
@@ -154,22 +157,22 @@ class RankWorker:
             self._done.append(Done(job.job_id, error=_describe(error)))
 
     def _compute(self) -> None:
-        """One forward pass: a scoring batch, else the engine's next step, else an empty one
-        when sharded (this tick, another rank computes)."""
-        before = self._forwards
+        """One forward pass: a scoring batch, else the engine's next step (if any)."""
         if self._scores:
             self._score_next_batch()
-        else:
-            try:
-                self.engine.stepper.step()
-            except Exception as error:  # beyond one request: fail every sample job here
-                with self.engine.stepper.lock:
-                    pending = self.engine.scheduler.take_pending()
-                fail(pending, RuntimeError(f"sampling engine failed: {_describe(error)}"))
-                self.engine.stepper.clear()
-        if self.sharded and self._forwards == before:
-            ids = torch.tensor([[self._pad_id]], device=self.engine.runner.device)
-            self.model(input_ids=ids, use_cache=False)
+            return
+        try:
+            self.engine.stepper.step()
+        except Exception as error:  # beyond one request: fail every sample job here
+            with self.engine.stepper.lock:
+                pending = self.engine.scheduler.take_pending()
+            fail(pending, RuntimeError(f"sampling engine failed: {_describe(error)}"))
+            self.engine.stepper.clear()
+
+    def _empty_forward(self) -> None:
+        """A one-token forward pass whose result nobody reads (its collectives are the point)."""
+        ids = torch.tensor([[self._pad_id]], device=self.engine.runner.device)
+        self.model(input_ids=ids, use_cache=False)
 
     def _score_next_batch(self) -> None:
         job, results = self._scores[0]

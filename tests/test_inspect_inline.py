@@ -10,9 +10,12 @@ import pytest
 import rich
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lit_tiny import TinyLM, make_trainer, scalars, token_loader
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bios_callbacks.callback import EvalCallback
+from bios_callbacks.callback.results import read_records
 from bios_callbacks.eval.inspect_evaluators import InspectEvaluatorBuilder
+from bios_callbacks.evaluators import SamplingClientEvaluator
 
 FIXTURE = str(Path(__file__).with_name("inspect_tasks_fixture.py"))
 SCORING = str(Path(__file__).with_name("inspect_scoring_tasks.py"))
@@ -46,7 +49,9 @@ def test_inline_inspect_rounds_keep_progress_bars_working(
     assert len(rows) == 3
 
 
-def test_inspect_metrics_go_under_task_names_that_never_clash(tiny_model, tokenizer, tmp_path):
+def test_inspect_metrics_go_under_task_names_that_never_clash(
+    tiny_model, tokenizer, tmp_path, capsys
+):
     def builder(*tasks: str) -> InspectEvaluatorBuilder:
         return InspectEvaluatorBuilder(
             tasks=[f"{FIXTURE}@{task}" for task in tasks],
@@ -60,7 +65,6 @@ def test_inspect_metrics_go_under_task_names_that_never_clash(tiny_model, tokeni
         infrequent_evaluator_builders=[builder("echo"), builder("echo", "partly_broken")],
         eval_every=5,
         infrequent_eval_every=5,
-        progress=False,
     )
     trainer = make_trainer(tmp_path, [callback], max_steps=1)
     trainer.fit(TinyLM(tiny_model, tokenizer), token_loader(num=2))
@@ -70,10 +74,64 @@ def test_inspect_metrics_go_under_task_names_that_never_clash(tiny_model, tokeni
         "eval/echo/match/accuracy",
         "eval/partly_broken/fails_on_sample_one/accuracy",
         "eval/echo_2/match/accuracy",  # a second evaluator of the same task
-        "eval/inspect/echo/match/accuracy",  # a builder of two tasks names each
-        "eval/inspect/partly_broken/fails_on_sample_one/accuracy",
+        "eval/echo_3/match/accuracy",  # a builder of two tasks logs each under its name
+        "eval/partly_broken_2/fails_on_sample_one/accuracy",
     } <= tags, tags
-    assert not [tag for tag in tags if "InspectEvaluator" in tag]
+    assert not [tag for tag in tags if "InspectEvaluator" in tag or tag.startswith("eval/inspect")]
+    # its transcripts go under each task's name too, and the console names the two tasks
+    texts = EventAccumulator(trainer.log_dir)
+    texts.Reload()
+    assert {"eval/echo_3/samples", "eval/partly_broken_2/samples"} <= {
+        tag.rsplit("/text_summary", 1)[0] for tag in texts.Tags()["tensors"]
+    }
+    out = capsys.readouterr().out
+    [line] = [line for line in out.splitlines() if "step 0 echo_3+partly_broken_2:" in line]
+    assert line.startswith("[eval] step 0 echo_3+partly_broken_2: echo_3/match/accuracy=")
+    assert "partly_broken_2/fails_on_sample_one/accuracy=" in line
+    records = read_records(Path(trainer.log_dir) / "eval_results.jsonl")
+    assert [record.failures for record in records] == [[], []]
+
+
+class Grouped(SamplingClientEvaluator):
+    """Reports under two groups of its own, and one key under none of them."""
+
+    metric_groups = ("qa", "extra")
+
+    async def __call__(self, sampling_client):
+        return {"qa/accuracy": 1.0, "extra/length/mean": 3.0, "loose": 1.0}
+
+
+class Named(SamplingClientEvaluator):
+    """Reports `mean` under its name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def __call__(self, sampling_client):
+        return {"mean": 4.0}
+
+
+def test_metric_groups_never_clash_and_a_clashing_key_is_a_failure(tiny_model, tokenizer, tmp_path):
+    # "qa" is taken when Grouped is named; "extra/length" reports a key Grouped reports too
+    builders = [lambda: Named("qa"), Grouped, lambda: Named("extra/length")]
+    callback = EvalCallback(evaluator_builders=builders, eval_every=5)
+    trainer = make_trainer(tmp_path, [callback], max_steps=1)
+    trainer.fit(TinyLM(tiny_model, tokenizer), token_loader(num=2))
+
+    logged = scalars(trainer.log_dir)
+    assert logged["eval/qa/mean"] == [(0, 4.0), (1, 4.0)]
+    assert logged["eval/qa_2/accuracy"] == [(0, 1.0), (1, 1.0)]  # "qa" was taken
+    assert logged["eval/extra/length/mean"][0][1] in (3.0, 4.0)  # whichever finished first
+    failures = read_records(Path(trainer.log_dir) / "eval_results.jsonl")[0].failures
+    kinds = sorted((f["evaluator"], f["kind"]) for f in failures)
+    assert ("qa_2+extra", "invalid_value") in kinds
+    [loose] = [f for f in failures if f["kind"] == "invalid_value"]
+    assert loose["message"] == (
+        "key 'loose' is not '<group>/<metric>': name every key after one of its "
+        "metric_groups ['qa', 'extra']"
+    )
+    [clash] = [f for f in failures if f["kind"] == "duplicate_key"]
+    assert clash["message"] == "eval/extra/length/mean already set this round"
 
 
 def test_unscored_samples_are_counted_and_named(

@@ -12,8 +12,11 @@ Example:
 Metrics go under the task's name: `EvalCallback` logs the builder above as
 `eval/capitals/<scorer>/<metric>` (the evaluator is named after its task, and returns
 `<scorer>/<metric>`). A second evaluator of the same task is `eval/capitals_2/...`. A builder of
-several tasks runs them together in one Inspect `eval` and is named `inspect`: its metrics are
-`eval/inspect/<task>/<scorer>/<metric>` (give one builder per task for `eval/<task>/...`).
+several tasks runs them together in one Inspect `eval` and logs each task's metrics under its
+name as well, `eval/<task>/<scorer>/<metric>`: it returns `<task>/<scorer>/<metric>` and names
+its tasks as its `metric_groups` (so `EvalCallback` gives a task that another evaluator has
+too `<task>_2`), and it is named after them, `capitals+echo`, on the console and in failures.
+Transcripts go under each task's name the same way.
 
 Each scorer's metrics come with `<scorer>/scored` and `<scorer>/unscored` next to them:
 Inspect's metrics count only the samples a scorer scored (a judge may give no verdict, a sample
@@ -41,8 +44,6 @@ logger = logging.getLogger(__name__)
 
 LOG_SUBDIR = "inspect_logs"
 V = TypeVar("V")
-MULTI_TASK_NAME = "inspect"
-"""The name of an evaluator of several tasks (one of one task is named after it)."""
 MEAN_METRICS = ("accuracy", "mean")
 """Inspect metrics that are the mean of a scorer's values, the mean its `stderr()` is for."""
 
@@ -121,8 +122,9 @@ class InspectEvaluatorBuilder:
 class InspectEvaluator(SamplingClientEvaluator):
     """Runs Inspect tasks on the sampling client it is called with; made by the builder.
 
-    `name` (where `EvalCallback` logs it, `eval/<name>/...`) is its task's name, or `inspect`
-    when it runs several tasks.
+    `name` (where `EvalCallback` logs it, `eval/<name>/...`) is its task's name. With several
+    tasks its `metric_groups` are their names (each task's metrics go to `eval/<task>/...`)
+    and `name` is them joined by `+`.
     """
 
     def __init__(self, builder: InspectEvaluatorBuilder, tasks: list[Any]) -> None:
@@ -130,11 +132,13 @@ class InspectEvaluator(SamplingClientEvaluator):
 
         self.builder = builder
         self.tasks = tasks
-        self.name = task_short_name(tasks[0].name) if len(tasks) == 1 else MULTI_TASK_NAME
+        names = [task_short_name(task.name) for task in tasks]
+        self.metric_groups = names if len(tasks) > 1 else []
+        self.name = "+".join(names)
         self.log_dir: Path | None = builder.log_dir
         self.step: int | None = None
         self.rounds = 0
-        self._transcripts: list[Transcript] = []
+        self._transcripts: dict[str, list[Transcript]] = {}
 
     def set_run_context(
         self, *, log_dir: str | Path | None = None, step: int | None = None
@@ -179,7 +183,7 @@ class InspectEvaluator(SamplingClientEvaluator):
             raise RuntimeError(f"Inspect task(s) failed: {summary}")
         if failed:
             logger.error("Inspect task(s) failed, reporting the others: %s", summary)
-        self._transcripts = [item for r in results for item in r.transcripts]
+        self._transcripts = {r.task: list(r.transcripts) for r in results}
         metrics = {key: value for r in results for key, value in r.metrics.items()}
         if len(self.tasks) == 1:  # the evaluator's name is the task's
             metrics = {key.removeprefix(f"{results[0].task}/"): v for key, v in metrics.items()}
@@ -199,7 +203,10 @@ class InspectEvaluator(SamplingClientEvaluator):
             for s in task.dataset
         ]
 
-    def transcripts(self) -> Sequence[Transcript]:
+    def transcripts(self) -> Sequence[Transcript] | dict[str, list[Transcript]]:
         """A few samples of each task from the latest round, with the first scorer's value and
-        explanation (an LLM judge's verdict and reasoning)."""
+        explanation (an LLM judge's verdict and reasoning): a list for one task, else a list
+        per task (its metric group)."""
+        if len(self.tasks) == 1:
+            return [item for items in self._transcripts.values() for item in items]
         return self._transcripts

@@ -297,7 +297,7 @@ class Watcher:
         """The evaluator slots on clients over the checkpoint; writes `evals/<name>.json`."""
         from bios_callbacks.callback.console import format_values
         from bios_callbacks.callback.live_clients import LiveClients
-        from bios_callbacks.callback.round import NAMESPACE, run_round
+        from bios_callbacks.callback.round import run_round
         from bios_callbacks.callback.run_sync import run_sync
 
         try:
@@ -324,10 +324,7 @@ class Watcher:
         results = path / RESULTS_SUBDIR
         results.mkdir(parents=True, exist_ok=True)
         for slot in slots:
-            prefix = f"{NAMESPACE}/{slot.name}/"
-            values = {
-                k[len(prefix) :]: v for k, v in outcome.metrics.items() if k.startswith(prefix)
-            }
+            values = outcome.values.get(slot.name, {})
             failures = [f for f in outcome.failures if f["evaluator"] == slot.name]
             for failure in failures:
                 print(

@@ -24,7 +24,7 @@ import math
 import numbers
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 if TYPE_CHECKING:
@@ -80,6 +80,12 @@ def as_transcript(item: Any) -> Transcript:
 class _EvaluatorHooks:
     """Optional hooks the callback uses when an evaluator offers them."""
 
+    metric_groups: Sequence[str] = ()
+    """Top-level names for the keys, instead of the evaluator's name: with
+    `metric_groups = ["capitals", "echo"]` a key `capitals/match/accuracy` is logged as
+    `eval/capitals/match/accuracy` (a group another evaluator uses too becomes `capitals_2`),
+    and `transcripts()` may return a mapping of group to items."""
+
     def eval_prompts(self) -> Sequence[str]:
         """The prompt texts this evaluator asks about (checked against the training data).
 
@@ -87,10 +93,13 @@ class _EvaluatorHooks:
         """
         return ()
 
-    def transcripts(self) -> Sequence[Transcript | tuple[str, str]]:
+    def transcripts(
+        self,
+    ) -> Sequence[Transcript | tuple[str, str]] | Mapping[str, Sequence[Transcript]]:
         """`Transcript`s (or plain (prompt, response) pairs) from the latest call, all written
         to every logger (TensorBoard text, a W&B table, an MLflow table, a CSV run's
-        transcripts.jsonl): return a few (e.g. `QAEvaluator(num_transcripts=3)`)."""
+        transcripts.jsonl): return a few (e.g. `QAEvaluator(num_transcripts=3)`). With
+        `metric_groups`, a mapping of group to items puts each group's under its name."""
         return ()
 
     def set_run_context(

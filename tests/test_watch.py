@@ -15,6 +15,7 @@ from tiny import make_tiny_model
 
 from bios_callbacks.callback.run_sync import run_sync
 from bios_callbacks.checkpoints import load_checkpoint
+from bios_callbacks.eval.inspect_evaluators import InspectEvaluatorBuilder
 from bios_callbacks.eval.inspect_runner import preserved_terminal
 from bios_callbacks.eval.watch import main
 from bios_callbacks.evaluators import (
@@ -30,7 +31,8 @@ from trainers.config import SFTConfig
 from trainers.sft import train
 
 REPO = Path(__file__).resolve().parent.parent
-ECHO = f"{Path(__file__).with_name('inspect_tasks_fixture.py')}@echo"
+FIXTURE = Path(__file__).with_name("inspect_tasks_fixture.py")
+ECHO = f"{FIXTURE}@echo"
 HELD_OUT = [[1, 200, 300, 400, 500], [1, 600, 700, 800]]
 CHATS = [
     {
@@ -155,19 +157,26 @@ def broken() -> Broken:
     return Broken()
 
 
-def test_a_failing_evaluator_is_recorded_once_and_the_watcher_exits_1(
-    tiny_model, tokenizer, root, capsys
-):
+def save_step_3(root: Path, model, tokenizer) -> Path:
+    """A run `one` with one checkpoint, of step 3; returns the checkpoint's evals/ folder."""
     from bios_callbacks.checkpoints import save_checkpoint
 
+    checkpoint = root / "one" / "checkpoints" / "step_000003"
     save_checkpoint(
-        root / "one" / "checkpoints" / "step_000003",
-        tiny_model,
+        checkpoint,
+        model,
         tokenizer,
         base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
         renderer_name="chatml",
         step=3,
     )
+    return checkpoint / "evals"
+
+
+def test_a_failing_evaluator_is_recorded_once_and_the_watcher_exits_1(
+    tiny_model, tokenizer, root, capsys
+):
+    save_step_3(root, tiny_model, tokenizer)
     argv = ["run=bios://one", "evaluator_builders=test_watch:broken,test_watch:heldout"]
     assert main([*argv, "once=true"]) == 1
     captured = capsys.readouterr()
@@ -184,9 +193,37 @@ def test_a_failing_evaluator_is_recorded_once_and_the_watcher_exits_1(
     assert "evaluating" not in out and "no new checkpoint for 0.3s; stopping" in out
 
 
+# builders of the watched task, imported by the watcher as test_watch:echo_builder/two_tasks
+echo_builder = InspectEvaluatorBuilder(tasks=[ECHO], renderer_name="chatml", limit=2, max_tokens=4)
+two_tasks = InspectEvaluatorBuilder(
+    tasks=[ECHO, f"{FIXTURE}@partly_broken"], renderer_name="chatml", limit=2, max_tokens=4
+)
+
+
+def test_builders_of_a_watched_task_get_their_own_files_and_metrics(
+    tiny_model, tokenizer, root, capsys
+):
+    evals = save_step_3(root, tiny_model, tokenizer)
+    builders = "evaluator_builders=test_watch:echo_builder,test_watch:two_tasks"
+    argv = ["run=bios://one", f"tasks={ECHO}", builders, "limit=2", "max_tokens=4"]
+    assert main([*argv, "once=true"]) == 0
+    assert f"({ECHO}, echo_2, echo_3+partly_broken)" in capsys.readouterr().out
+
+    files = {path.stem: json.loads(path.read_text()) for path in evals.glob("*.json")}
+    assert sorted(files) == ["echo", "echo_2", "echo_3+partly_broken"]
+    assert files["echo"]["status"] == "success"  # the task's, as run_inspect_evals writes it
+    assert files["echo_2"]["metrics"]["match/scored"] == 2
+    assert files["echo_3+partly_broken"]["metrics"]["echo_3/match/scored"] == 2
+    logged = watched_scalars(root / "one")
+    for name in ("echo", "echo_2", "echo_3"):
+        assert [step for step, _ in logged[f"eval/{name}/match/accuracy"]] == [3], name
+    assert [step for step, _ in logged["eval/partly_broken/fails_on_sample_one/accuracy"]] == [3]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        (["run=bios://x", f"tasks={ECHO},{ECHO}"], "are the same task name, so both would write"),
         (["tasks=a.py@t"], "Missing run=..."),
         (["run=bios://x"], "Nothing to evaluate"),
         (["run=bios://x/step_000002", "tasks=a.py@t"], "not a checkpoint"),

@@ -10,7 +10,9 @@ and Inspect logs in `evals/logs` inside the checkpoint) and the `evaluator_build
 `evals/<evaluator>.json`). Its metrics are written as TensorBoard scalars at the checkpoint's
 step into `<run>/watch/`, so `tensorboard --logdir <run>` shows them beside the training
 curves: `eval/<task>/<scorer>/<metric>` and `eval/<evaluator>/<key>`, the names an inline
-round would log.
+round would log. Names never clash: an evaluator named like one of the tasks (a builder of the
+same Inspect task) is `<name>_2`, with its own file and metrics; the same task twice in
+tasks= is an error.
 
 A checkpoint counts as evaluated for a task or evaluator once its `evals/` file exists, so a
 second pass evaluates nothing, and adding a task later evaluates only that task; delete a file
@@ -185,10 +187,19 @@ class Watcher:
         self.args = args
         self.run_dir = run_directory(str(args.run))
         # task name -> its results file name; resolving now makes a bad name fail at once
-        self.tasks = {
-            name: f"{task_short_name(resolve_task(name).name)}.json" for name in args.tasks or []
-        }
-        self.slots = _builder_slots(args.evaluator_builders or [])
+        self.tasks: dict[str, str] = {}
+        for name in args.tasks or []:
+            file = f"{task_short_name(resolve_task(name).name)}.json"
+            other = next((n for n, f in self.tasks.items() if f == file), None)
+            if other is not None:
+                raise UsageError(
+                    f"tasks={other!r} and {name!r} are the same task name, so both would write "
+                    f"evals/{file} and the same metrics: give each task once."
+                )
+            self.tasks[name] = file
+        # an evaluator named like a task gets `_2`: its own evals/ file and metric names
+        taken = [file.removesuffix(".json") for file in self.tasks.values()]
+        self.slots = _builder_slots(args.evaluator_builders or [], taken)
         self.failed: set[tuple[Path, str]] = set()  # not retried by this process
         self.failures = 0
         self._writer: Any = None
@@ -412,9 +423,9 @@ def _kind(slot: Any) -> str | None:
     return None if slot.evaluator is None else client_kind(slot.evaluator)
 
 
-def _builder_slots(specs: list[str]) -> list[Any]:
-    """Named evaluator slots for `module:attribute` builder names (UsageError when one does
-    not import or is not callable)."""
+def _builder_slots(specs: list[str], taken: list[str]) -> list[Any]:
+    """Named evaluator slots for `module:attribute` builder names, none of them one of the
+    `taken` names (UsageError when one does not import or is not callable)."""
     from bios_callbacks.callback.round import name_slots
 
     builders = []
@@ -435,7 +446,7 @@ def _builder_slots(specs: list[str]) -> list[Any]:
         if not callable(builder):
             raise UsageError(f"{spec!r} is not callable: expected an evaluator builder.")
         builders.append(builder)
-    return name_slots(builders)
+    return name_slots(builders, taken)
 
 
 @contextmanager

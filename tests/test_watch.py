@@ -108,7 +108,9 @@ def test_the_watcher_evaluates_each_checkpoint_once_and_follows_a_live_run(token
         # the value is the checkpoint's own: the evaluator on the reloaded weights gives it
         model, _ = load_checkpoint(checkpoints / f"step_{step:06d}")
         again = run_sync(heldout()(TrainingClient.from_module(model)))
-        assert nll["metrics"]["loss"] == pytest.approx(again["loss"], rel=1e-6)
+        assert nll["metrics"]["heldout/loss"] == pytest.approx(again["loss"], rel=1e-6)
+        for key, value in nll["metrics"].items():  # keyed as the task files are
+            assert (step, pytest.approx(value)) in logged[f"eval/{key}"]
         assert (step, pytest.approx(again["loss"], rel=1e-6)) in logged["eval/heldout/loss"]
     assert [step for step, _ in logged["eval/heldout/loss"]] == [2, 4]
     assert [step for step, _ in logged["eval/echo/match/accuracy"]] == [2, 4]
@@ -212,7 +214,7 @@ def test_builders_of_a_watched_task_get_their_own_files_and_metrics(
     files = {path.stem: json.loads(path.read_text()) for path in evals.glob("*.json")}
     assert sorted(files) == ["echo", "echo_2", "echo_3+partly_broken"]
     assert files["echo"]["status"] == "success"  # the task's, as run_inspect_evals writes it
-    assert files["echo_2"]["metrics"]["match/scored"] == 2
+    assert files["echo_2"]["metrics"]["echo_2/match/scored"] == 2
     assert files["echo_3+partly_broken"]["metrics"]["echo_3/match/scored"] == 2
     logged = watched_scalars(root / "one")
     for name in ("echo", "echo_2", "echo_3"):

@@ -308,7 +308,7 @@ class Watcher:
         """The evaluator slots on clients over the checkpoint; writes `evals/<name>.json`."""
         from bios_callbacks.callback.console import format_values
         from bios_callbacks.callback.live_clients import LiveClients
-        from bios_callbacks.callback.round import run_round
+        from bios_callbacks.callback.round import metric_groups, run_round
         from bios_callbacks.callback.run_sync import run_sync
 
         try:
@@ -346,10 +346,13 @@ class Watcher:
             if failures:
                 self.failures += 1
             print(f"[watch] step {step} {slot.name}: {format_values(values)}")
+            # Keys as run_inspect_evals writes them (`eval/` left out), so `compare` reads
+            # evaluator and task files alike: `heldout/loss`, `<task>/<scorer>/<metric>`.
+            named = "" if metric_groups(slot.evaluator) else f"{slot.name}/"
             record = {
                 "model_path": str(path),
                 "step": step,
-                "metrics": values,
+                "metrics": {f"{named}{key}": value for key, value in values.items()},
                 "failures": failures,
             }
             _write_json(results / f"{slot.name}.json", record)

@@ -124,3 +124,30 @@ def test_a_fault_in_a_worker_fails_only_the_calls_it_holds_and_the_round_goes_on
     assert outcome.metrics == {"same": 1.0}
     assert len(outcome.errors[0]) == len(prompt) - 1  # the scoring call was served too
     assert rounds.served == [3]  # 2 samples + 1 scored sequence, all on the only rank
+
+
+def test_split_scoring_matches_one_process_under_a_sampling_dtype_and_empty_calls_return(
+    one_rank_group, tiny_model, tokenizer
+):
+    """Scoring stays in the weights' dtype whatever autocast sampling uses, an empty scoring
+    call returns at once, and the client options a user may pass (model_name) are taken."""
+    from bios_callbacks.callback.round import RoundOutcome
+    from bios_callbacks.distributed.rounds import SplitRounds
+    from bios_callbacks.training_client import TrainingClient
+
+    sequences = [tokenizer.encode("some held-out words"), tokenizer.encode("and more")]
+    expected = TrainingClient(tiny_model).compute_logprobs(sequences)
+    options = {"compute_dtype": "bfloat16", "model_name": "tiny"}
+    rounds = SplitRounds(tiny_model, tokenizer, sharded=False, sampling_options=options)
+
+    async def score(clients) -> RoundOutcome:
+        training = clients.training()
+        empty = await training.compute_logprobs_async([])
+        scored = await training.compute_logprobs_async(sequences)
+        named = clients.sampling().model_name
+        return RoundOutcome(errors=[empty, scored, named])
+
+    outcome = rounds.run(None, score)
+    rounds.close()
+    empty, scored, named = outcome.errors
+    assert empty == [] and scored == expected and named == "tiny"

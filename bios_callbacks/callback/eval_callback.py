@@ -533,7 +533,25 @@ def _sharded(trainer: pl.Trainer) -> bool:
             "GPUs), or ModelParallelStrategy with fully_shard in configure_model (FSDP2), or "
             "evaluate saved checkpoints with `python -m bios_callbacks.eval.run_inspect_evals`."
         )
+    if isinstance(strategy, ModelParallelStrategy) and _tensor_parallel_size(strategy) > 1:
+        raise RuntimeError(
+            "EvalCallback does not support tensor parallelism (ModelParallelStrategy with "
+            f"tensor_parallel_size={_tensor_parallel_size(strategy)}): its ranks must all feed "
+            "the same inputs, while rounds give each rank different rows. Use "
+            "ModelParallelStrategy(data_parallel_size=<processes>, tensor_parallel_size=1) "
+            "with fully_shard (FSDP2), or evaluate saved checkpoints with "
+            "`python -m bios_callbacks.eval.watch`."
+        )
     return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))
+
+
+def _tensor_parallel_size(strategy: Any) -> int:
+    """The tensor-parallel dimension of a set-up ModelParallelStrategy's device mesh (1 when
+    it has none yet)."""
+    try:
+        return int(strategy.device_mesh["tensor_parallel"].size())
+    except (AttributeError, KeyError, RuntimeError, AssertionError):
+        return 1
 
 
 @contextmanager

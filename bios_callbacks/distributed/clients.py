@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from concurrent.futures import Future
 from typing import Any
@@ -22,6 +23,8 @@ from bios_callbacks.sampling.client import SamplingClient
 from bios_callbacks.sampling.engine import check_fits
 from bios_callbacks.sampling.request import Request
 from bios_callbacks.training_client import TrainingClient
+
+_POLL_S = 0.05  # how often a waiting scoring call checks whether its caller gave up
 
 
 class SplitEngine:
@@ -57,7 +60,14 @@ class SplitTrainingClient(TrainingClient):
     def _score(
         self, token_lists: list[list[int]], stop: threading.Event | None
     ) -> list[list[float]]:
-        return self._leader.submit_score(token_lists, self.max_batch_size).result()
+        future = self._leader.submit_score(token_lists, self.max_batch_size)
+        while True:  # as in one process, a caller that stops waiting stops the work
+            try:
+                return future.result(timeout=_POLL_S)
+            except concurrent.futures.TimeoutError:
+                if stop is not None and stop.is_set():
+                    future.cancel()  # its slices are cancelled at the next tick
+                    raise concurrent.futures.CancelledError("the caller stopped waiting") from None
 
 
 class SplitClients(LiveClients):

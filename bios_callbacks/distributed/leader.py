@@ -151,6 +151,8 @@ class Leader:
     def _queue(self, call: _Call, jobs: list[Job]) -> None:
         if self._failed is not None:
             settle(call.future, error=self._failed)
+        elif not jobs:  # nothing to compute (e.g. no sequences to score)
+            settle(call.future, [])
         else:
             self._new.append((call, jobs))
 

@@ -89,13 +89,18 @@ class SplitRounds:
         finally:
             leader.stop()
             ticks.join()
+            leader.fail_all(RuntimeError("the evaluation round ended before this call"))
             self.served = list(leader.served)
 
     def close(self) -> None:
-        """Releases the worker's engine (the process group stays until the run ends)."""
+        """Releases the worker's engine and the ticks' process group (every rank calls it)."""
         self.worker.close()
+        self.exchange.close()
 
     def _serve(self, leader: Leader, around: AbstractContextManager | None) -> None:
+        device = self.worker.engine.runner.device
+        if device.type == "cuda":  # a new thread starts on cuda:0, whatever the rank's device
+            torch.cuda.set_device(device)
         try:
             self.worker.serve(self.exchange, leader, around)
         except BaseException as error:  # the exchange broke: nothing will answer the calls

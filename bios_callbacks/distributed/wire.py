@@ -88,10 +88,9 @@ class Tick:
 
 @dataclass
 class Report:
-    """One rank's news since the last tick: finished jobs, whether work is left, the rows it
-    has served this round, and why its worker broke (None while it is healthy)."""
+    """One rank's news since the last tick: finished jobs, whether work is left, and the rows
+    it has served this round."""
 
     done: list[Done] = field(default_factory=list)
     busy: bool = False
     served: int = 0
-    broken: str | None = None

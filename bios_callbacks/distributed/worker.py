@@ -56,13 +56,15 @@ class RankWorker:
         sampling_options: dict[str, Any] | None = None,
     ) -> None:
         options = dict(sampling_options or {})
+        options.pop("model_name", None)  # the clients' business, not the engine's
         if sharded:
             options["prefix_caching"] = False
         # Stepped here, one forward pass per tick: its own decode thread never starts.
         self.engine = DecodeEngine(model, tokenizer, **options)
         self.model, self.sharded = model, sharded
         self.served = 0  # rows decoded or scored this round
-        self._forwards = 0
+        self._forwards = 0  # finished forward passes
+        self._started = 0  # started ones
         self._pad_id = pad_token_id(tokenizer)
         self._samples: dict[int, Request] = {}
         self._scores: deque[tuple[ScoreJob, list[list[float]]]] = deque()
@@ -81,7 +83,10 @@ class RankWorker:
         timeout passed) ends the round here and is raised.
         """
         report, pause = Report(), 0.0
-        counter = self.model.register_forward_hook(self._count_forward)
+        counters = [
+            self.model.register_forward_pre_hook(self._count_start),
+            self.model.register_forward_hook(self._count_forward),
+        ]
         try:
             with around or contextlib.nullcontext(), self.engine.runner.serving():
                 while True:
@@ -101,6 +106,12 @@ class RankWorker:
                             self._compute()
                     except Exception as error:  # never leave the others waiting: report it
                         self._fail_all(error)
+                    if self.sharded and self._started != self._forwards:
+                        raise RuntimeError(
+                            f"a forward pass failed partway on rank {exchange.rank}, after "
+                            "some of its weight gathers: the ranks' collectives can no longer "
+                            "line up, so this round cannot go on."
+                        )
                     if computes and self.sharded and self._forwards == before:
                         self._empty_forward()  # another rank computes: gather with it
                     if computes:
@@ -110,7 +121,8 @@ class RankWorker:
                         pause = min(_IDLE_SLEEP_S[1], pause * 2 or _IDLE_SLEEP_S[0])
                     report = Report(self._take_done(), self._busy(), self.served)
         finally:
-            counter.remove()
+            for counter in counters:
+                counter.remove()
             self._abandon()
 
     def close(self) -> None:
@@ -177,8 +189,12 @@ class RankWorker:
     def _score_next_batch(self) -> None:
         job, results = self._scores[0]
         batch = job.sequences[len(results) : len(results) + job.batch_size]
+        device_type = self.engine.runner.device.type
         try:
-            results.extend(score_sequences(self.model, batch))
+            # In the weights' dtype, as a single process's TrainingClient scores (the round's
+            # autocast is for sampling only).
+            with torch.autocast(device_type, enabled=False):
+                results.extend(score_sequences(self.model, batch))
         except Exception as error:
             self._scores.popleft()
             self._done.append(Done(job.job_id, error=_describe(error)))
@@ -187,6 +203,9 @@ class RankWorker:
             self._scores.popleft()
             self.served += job.rows
             self._done.append(Done(job.job_id, result=results))
+
+    def _count_start(self, *args: Any) -> None:
+        self._started += 1
 
     def _count_forward(self, *args: Any) -> None:
         self._forwards += 1

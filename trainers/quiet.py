@@ -21,6 +21,10 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from bios_callbacks.models.loading import no_progress_bars
+
+__all__ = ["no_progress_bars", "quiet_training", "quiet_warnings"]
+
 # Info lines (message starts) and the Lightning loggers that emit them.
 LIGHTNING_INFO_NOISE = (
     "GPU available: ",
@@ -78,17 +82,3 @@ def quiet_training() -> Iterator[None]:
         finally:
             for logger in loggers:
                 logger.removeFilter(drop)
-
-
-@contextmanager
-def no_progress_bars() -> Iterator[None]:
-    """Turns off transformers' progress bars ("Writing model shards") inside, if they were on."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()

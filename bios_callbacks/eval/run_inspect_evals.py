@@ -85,6 +85,20 @@ def parse_args(argv: list[str]) -> EvalArgs:
     args = EvalArgs(**values)
     if not args.model_path and not args.model_name:
         raise UsageError("Give model_path=<checkpoint dir or bios://run/name> or model_name=...")
+    check_sampling_args(args, renderer_fallback="the checkpoint's (else the model's default)")
+    return args
+
+
+def check_sampling_args(args: Any, *, renderer_fallback: str) -> None:
+    """The checks this CLI and the watcher share, on the fields both have: a `UsageError`
+    naming the bad value. `renderer_fallback` says what an omitted renderer_name means.
+
+    Example:
+        >>> check_sampling_args(EvalArgs(tasks=["t"], temperature=-1), renderer_fallback="")
+        Traceback (most recent call last):
+        ...
+        bios_callbacks.key_value.UsageError: temperature=-1: expected >= 0 (0 is greedy).
+    """
     for key in ("limit", "max_tokens", "max_connections"):
         value = getattr(args, key)
         if value is not None and value < 1:
@@ -103,9 +117,8 @@ def parse_args(argv: list[str]) -> EvalArgs:
         if args.renderer_name not in renderer_names():
             raise UsageError(
                 f"renderer_name={args.renderer_name!r}: expected one of {renderer_names()}, or "
-                "omit it to use the checkpoint's (else the model's default)."
+                f"omit it to use {renderer_fallback}."
             )
-    return args
 
 
 def run(args: EvalArgs) -> int:

@@ -47,17 +47,16 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bios_callbacks.eval.run_inspect_evals import check_sampling_args
 from bios_callbacks.key_value import UsageError, command_main, parse_words
 from bios_callbacks.models.atomic_dirs import is_staging_dir
+from bios_callbacks.models.loading import no_progress_bars
 from bios_callbacks.models.references import (
     BIOS_URI_PREFIX,
     CHECKPOINT_METADATA_FILE,
@@ -114,30 +113,13 @@ def parse_args(argv: list[str]) -> WatchArgs:
             "Nothing to evaluate: give tasks=... (Inspect tasks) and/or "
             "evaluator_builders=module:attribute,..."
         )
-    for key in ("limit", "max_tokens", "max_connections", "until_step"):
-        value = getattr(args, key)
-        if value is not None and value < (0 if key == "until_step" else 1):
-            raise UsageError(f"{key}={value}: expected an integer >= 1.")
-    if args.temperature < 0:
-        raise UsageError(f"temperature={args.temperature}: expected >= 0 (0 is greedy).")
+    if args.until_step is not None and args.until_step < 0:
+        raise UsageError(f"until_step={args.until_step}: expected a step >= 0.")
     if args.poll_s <= 0:
         raise UsageError(f"poll_s={args.poll_s}: expected seconds > 0.")
     if args.idle_timeout_s < 0:
         raise UsageError(f"idle_timeout_s={args.idle_timeout_s}: expected seconds >= 0 (0: never).")
-    if args.dtype not in ("float32", "bfloat16"):
-        raise UsageError(f"dtype={args.dtype!r}: expected one of ['float32', 'bfloat16'].")
-    if args.base_url is not None and not re.match(r"https?://[^/]+", args.base_url):
-        raise UsageError(
-            f"base_url={args.base_url!r}: expected an http(s) URL such as http://127.0.0.1:8000/v1."
-        )
-    if args.renderer_name is not None:
-        from bios_callbacks.renderers import renderer_names
-
-        if args.renderer_name not in renderer_names():
-            raise UsageError(
-                f"renderer_name={args.renderer_name!r}: expected one of {renderer_names()}, or "
-                "omit it to use each checkpoint's."
-            )
+    check_sampling_args(args, renderer_fallback="each checkpoint's")
     return args
 
 
@@ -278,7 +260,7 @@ class Watcher:
 
         args = self.args
         try:
-            with _quiet_loading():
+            with no_progress_bars():
                 run(
                     EvalArgs(
                         tasks=tasks,
@@ -312,7 +294,7 @@ class Watcher:
         from bios_callbacks.callback.run_sync import run_sync
 
         try:
-            with _quiet_loading():
+            with no_progress_bars():
                 checkpoint = _Checkpoint(path, self.args, slots)
         except Exception as error:
             print(f"[watch] error: {path}: {type(error).__name__}: {error}", file=sys.stderr)
@@ -408,7 +390,7 @@ class _Checkpoint:
         """The training client over the weights, loaded here (log-probs need them)."""
         from bios_callbacks.training_client import TrainingClient
 
-        with _quiet_loading():
+        with no_progress_bars():
             self._load()
         return TrainingClient.from_module(self.model, self.tokenizer)
 
@@ -450,20 +432,6 @@ def _builder_slots(specs: list[str], taken: list[str]) -> list[Any]:
             raise UsageError(f"{spec!r} is not callable: expected an evaluator builder.")
         builders.append(builder)
     return name_slots(builders, taken)
-
-
-@contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """No transformers progress bar per loaded checkpoint (the watcher prints its own lines)."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _torch_dtype(name: str) -> Any:

@@ -12,6 +12,8 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,3 +102,23 @@ def _from_pretrained(
         if Path(source).is_dir():
             raise
         raise hub_error(str(name_or_path), error) from error
+
+
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """Turns off transformers' progress bars (loading or writing shards) inside, if they were
+    on: for code that prints its own lines per checkpoint.
+
+    Example:
+        >>> with no_progress_bars():  # doctest: +SKIP
+        ...     model, tokenizer = load_model(path)
+    """
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()

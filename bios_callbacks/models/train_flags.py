@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
-_lock = threading.Lock()
-# id(module) -> (how many blocks are inside, the flags to restore when the last one leaves)
-_active: dict[int, tuple[int, list[tuple[torch.nn.Module, bool]]]] = {}
+from bios_callbacks.models.shared_blocks import SharedBlocks
+
+_blocks = SharedBlocks()  # the flags to restore when the last block on a module ends
 
 
 @contextmanager
@@ -30,20 +29,15 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[None]:
         >>> net.training
         True
     """
-    key = id(module)
-    with _lock:
-        inside, flags = _active.get(key, (0, []))
-        if inside == 0:
-            flags = [(sub, sub.training) for sub in module.modules()]
-            module.eval()
-        _active[key] = (inside + 1, flags)
-    try:
+
+    def record_and_eval() -> list[tuple[torch.nn.Module, bool]]:
+        flags = [(sub, sub.training) for sub in module.modules()]
+        module.eval()
+        return flags
+
+    def restore(flags: list[tuple[torch.nn.Module, bool]]) -> None:
+        for sub, training in flags:
+            sub.training = training
+
+    with _blocks.block(module, record_and_eval, restore):
         yield
-    finally:
-        with _lock:
-            inside, flags = _active.pop(key)
-            if inside > 1:
-                _active[key] = (inside - 1, flags)
-            else:
-                for sub, training in flags:
-                    sub.training = training

@@ -18,17 +18,17 @@ plain layer, so a busy period of single requests never packs.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterator
 
 import torch
+
+from bios_callbacks.models.shared_blocks import SharedBlocks
 
 DECODE_ROWS = (8, 256)
 """Products with this many input rows use the packed weights. Below, oneDNN's per-call cost
 shows; above (a prefill), MKL's `sgemm` is faster (115-170 vs 95-140 GFLOP/s at 1344 rows)."""
 
-_lock = threading.Lock()
-_active: dict[int, tuple[int, list[torch.nn.Linear]]] = {}  # id(model): (blocks inside, patched)
+_blocks = SharedBlocks()  # the layers patched while blocks run on a model
 
 
 @contextlib.contextmanager
@@ -38,25 +38,22 @@ def packed_linears(model: torch.nn.Module) -> Iterator[None]:
     Blocks may overlap (two clients over one model): the layers are patched by the first and
     restored by the last. Without oneDNN in this torch build, nothing changes.
     """
-    key = id(model)
-    with _lock:
-        inside, patched = _active.get(key, (0, []))
-        if inside == 0 and _available():
-            patched = [m for m in model.modules() if _qualifies(m)]
-            packs: dict[torch.nn.Linear, tuple[tuple[int, int], torch.Tensor]] = {}
-            for module in patched:
-                module.forward = _packed_forward(module, packs)
-        _active[key] = (inside + 1, patched)
-    try:
+
+    def patch() -> list[torch.nn.Linear]:
+        if not _available():
+            return []
+        patched = [m for m in model.modules() if _qualifies(m)]
+        packs: dict[torch.nn.Linear, tuple[tuple[int, int], torch.Tensor]] = {}
+        for module in patched:
+            module.forward = _packed_forward(module, packs)
+        return patched
+
+    def restore(patched: list[torch.nn.Linear]) -> None:
+        for module in patched:
+            del module.forward  # back to the class's forward
+
+    with _blocks.block(model, patch, restore):
         yield
-    finally:
-        with _lock:
-            inside, patched = _active.pop(key)
-            if inside > 1:
-                _active[key] = (inside - 1, patched)
-            else:
-                for module in patched:
-                    del module.forward  # back to the class's forward
 
 
 def _available() -> bool:

@@ -124,14 +124,12 @@ def single_process(tokenizer):
     return {"greedy": greedy, "seeded": seeded, "nll": nll}
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_a_split_round_spreads_rows_over_ranks_matches_one_process_and_resumes(
-    tmp_path, strategy, single_process
-):
+def _launch(out_dir: Path, strategy: str) -> None:
+    """Runs this file's 2-process script for `strategy`, bounded so a deadlock fails."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     env.pop("LOCAL_RANK", None)
     done = subprocess.run(
-        [sys.executable, __file__, str(tmp_path), strategy],
+        [sys.executable, __file__, str(out_dir), strategy],
         env=env,
         capture_output=True,
         text=True,
@@ -139,6 +137,13 @@ def test_a_split_round_spreads_rows_over_ranks_matches_one_process_and_resumes(
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_a_split_round_spreads_rows_over_ranks_matches_one_process_and_resumes(
+    tmp_path, strategy, single_process
+):
+    _launch(tmp_path, strategy)
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["metrics"] == ranks[1]["metrics"]  # every rank ends with rank 0's numbers
@@ -181,16 +186,7 @@ def test_fsdp1_rounds_gather_the_roots_own_parameters_and_match_one_process(
     processes: a root unit over the whole module (as FSDPStrategy wraps the LightningModule)
     with one unit per decoder layer; a split round on it, after a training forward and
     backward pass, gives one process's greedy answers."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(
-        [sys.executable, __file__, str(tmp_path), "fsdp1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    _launch(tmp_path, "fsdp1")
     answers = json.loads((tmp_path / "answers.json").read_text())
     assert answers["greedy"] == single_process["greedy"]
     assert answers["seeded"] == single_process["seeded"]

@@ -105,7 +105,10 @@ class SplitRounds:
             self.worker.serve(self.exchange, leader, around)
         except BaseException as error:  # the exchange broke: nothing will answer the calls
             leader.fail_all(
-                RuntimeError(f"the ranks of this evaluation round lost contact: {error!r}")
+                RuntimeError(
+                    f"the ranks of this evaluation round lost contact ({error!r}): another "
+                    "rank died or stopped answering for the exchange timeout; its log says why."
+                )
             )
 
 

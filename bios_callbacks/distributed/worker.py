@@ -95,7 +95,7 @@ class RankWorker:
                     tick = gathered[0][0]
                     reports = [r for _, r in gathered]
                     if leader is not None:
-                        _guarded(leader, leader.receive, reports)
+                        _receive(leader, reports)
                     if tick.stop:
                         return
                     computes = bool(tick.jobs) or any(r.busy for r in reports)
@@ -110,7 +110,9 @@ class RankWorker:
                         raise RuntimeError(
                             f"a forward pass failed partway on rank {exchange.rank}, after "
                             "some of its weight gathers: the ranks' collectives can no longer "
-                            "line up, so this round cannot go on."
+                            "line up, so this round cannot go on. The error above says why "
+                            "(if out of memory: a smaller sampling_options max_batch_size or "
+                            "max_cache_tokens)."
                         )
                     if computes and self.sharded and self._forwards == before:
                         self._empty_forward()  # another rank computes: gather with it
@@ -250,10 +252,11 @@ def _lead(leader: Leader) -> Tick:
         return Tick(stop=True)
 
 
-def _guarded(leader: Leader, method: Any, *args: Any) -> None:
-    """Calls a leader method; if it breaks, fails every call and ends the round next tick."""
+def _receive(leader: Leader, reports: list[Report]) -> None:
+    """Hands rank 0's leader the reports; if it breaks, fails every call and ends the round
+    at the next tick."""
     try:
-        method(*args)
+        leader.receive(reports)
     except Exception as error:
         leader.fail_all(RuntimeError(f"the round's leader failed: {_describe(error)}"))
         leader.stop()

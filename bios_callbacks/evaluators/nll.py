@@ -102,6 +102,7 @@ class NLLEvaluator(TrainingClientEvaluator):
         self.name = name
         self.tokenizer = tokenizer
         self._prompts = list(prompts)
+        self._counted_for: tuple[Any, list[list[bool]], list[float]] | None = None
 
     @classmethod
     def from_conversations(
@@ -151,15 +152,27 @@ class NLLEvaluator(TrainingClientEvaluator):
             result |= self._bits_per_byte(logprobs, tokenizer)
         return result
 
+    def _counted(self, tokenizer: Any) -> tuple[list[list[bool]], list[float]]:
+        """Per example: which tokens bits per byte counts, and their bytes. The same every
+        round, so decoded once per tokenizer."""
+        if self._counted_for is None or self._counted_for[0] is not tokenizer:
+            special = set(getattr(tokenizer, "all_special_ids", None) or ())
+            masks: list[list[bool]] = []
+            byte_counts: list[float] = []
+            for tokens, weights in self.examples:
+                counted = [w > 0 and t not in special for t, w in zip(tokens, weights, strict=True)]
+                counted[0] = False  # the first token has no prefix: never scored
+                masks.append(counted)
+                byte_counts.append(float(_counted_bytes(tokens, counted, tokenizer)))
+            self._counted_for = (tokenizer, masks, byte_counts)
+        return self._counted_for[1], self._counted_for[2]
+
     def _bits_per_byte(self, logprobs: list[list[float]], tokenizer: Any) -> dict[str, float]:
-        special = set(getattr(tokenizer, "all_special_ids", None) or ())
-        bits: list[float] = []  # per example: the counted tokens' NLL in bits, and their bytes
-        byte_counts: list[float] = []
-        for (tokens, weights), lps in zip(self.examples, logprobs, strict=True):
-            counted = [w > 0 and t not in special for t, w in zip(tokens, weights, strict=True)]
-            counted[0] = False  # the first token has no prefix: never scored
-            bits.append(-sum(lp for lp, c in zip(lps, counted[1:], strict=True) if c) / math.log(2))
-            byte_counts.append(float(_counted_bytes(tokens, counted, tokenizer)))
+        masks, byte_counts = self._counted(tokenizer)
+        bits = [  # per example: the counted tokens' NLL in bits
+            -sum(lp for lp, c in zip(lps, counted[1:], strict=True) if c) / math.log(2)
+            for lps, counted in zip(logprobs, masks, strict=True)
+        ]
         if sum(byte_counts) == 0:
             return {}
         result = {"bpb": sum(bits) / sum(byte_counts)}

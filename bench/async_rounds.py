@@ -24,32 +24,18 @@ import asyncio
 import functools
 import logging
 import statistics
-import tempfile
 import time
 import warnings
 
-import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+from bench.tiny_fit import TinyLM, fit, random_llama
 from bios_callbacks.callback import EvalCallback
 from bios_callbacks.evaluators import SamplingClientEvaluator
 from bios_callbacks.models import EMBEDDED_MODEL
 from bios_callbacks.tokenizer_utils import get_tokenizer
 from bios_callbacks.types import SamplingParams
-
-
-class TinyLM(pl.LightningModule):
-    def __init__(self, model, tokenizer):
-        super().__init__()
-        self.model, self.tokenizer = model.train(), tokenizer
-
-    def training_step(self, batch, batch_idx):
-        return self.model(input_ids=batch, labels=batch).loss
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.model.parameters(), lr=1e-3)
 
 
 class Sleeps(SamplingClientEvaluator):
@@ -86,22 +72,11 @@ MAX_TOKENS = 500  # prompt + answer within the model's 512 positions
 
 
 def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=8192,  # the training tokens are < 5000
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    return LlamaForCausalLM(config)
+    return random_llama(hidden_size=128, max_positions=512)
 
 
 def run(tokenizer, builder, args, background: bool) -> float:
     """Seconds `trainer.fit` takes (rounds included; no callback when `builder` is None)."""
-    data = [torch.randint(100, 5000, (32,)) for _ in range(args.steps * 4)]
     callbacks = []
     if builder is not None:
         callbacks.append(
@@ -112,22 +87,8 @@ def run(tokenizer, builder, args, background: bool) -> float:
                 progress=False,
             )
         )
-    module = TinyLM(model(), tokenizer)
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
-            max_steps=args.steps,
-            logger=False,
-            callbacks=callbacks,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=run_dir,
-        )
-        start = time.perf_counter()
-        trainer.fit(module, DataLoader(data, batch_size=4))
-        return time.perf_counter() - start
+    module = TinyLM(model(), tokenizer, optimizer=torch.optim.AdamW, lr=1e-3)
+    return fit(module, args.steps, callbacks)
 
 
 def compare(tokenizer, label: str, builder, args, train_s: float, round_s: float) -> None:

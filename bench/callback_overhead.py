@@ -12,31 +12,16 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import tempfile
 import time
 import warnings
 
 import lightning.pytorch as pl
-import torch
-from torch.utils.data import DataLoader
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from bench.tiny_fit import TinyLM, fit, random_llama
 from bios_callbacks.callback import EvalCallback
 from bios_callbacks.evaluators import NLLEvaluator
 from bios_callbacks.models import EMBEDDED_MODEL
 from bios_callbacks.tokenizer_utils import get_tokenizer
-
-
-class TinyLM(pl.LightningModule):
-    def __init__(self, model, tokenizer):
-        super().__init__()
-        self.model, self.tokenizer = model.train(), tokenizer
-
-    def training_step(self, batch, batch_idx):
-        return self.model(input_ids=batch, labels=batch).loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.model.parameters(), lr=0.01)
 
 
 class StepClock(pl.Callback):
@@ -65,35 +50,12 @@ class TimedEvalCallback(EvalCallback):
 
 
 def run(tokenizer, steps: int, attached: bool) -> list[float]:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=8192,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    data = [torch.randint(100, 5000, (32,)) for _ in range(steps * 4)]
     clock = StepClock()
     callbacks: list[pl.Callback] = [clock]
     if attached:
         builder = functools.partial(NLLEvaluator, [[1, 200, 300, 400]])
         callbacks.append(TimedEvalCallback([builder], eval_every=10**9, progress=False))
-    with tempfile.TemporaryDirectory() as run_dir:  # the callback's eval_results.jsonl
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
-            max_steps=steps,
-            logger=False,
-            callbacks=callbacks,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=run_dir,
-        )
-        trainer.fit(TinyLM(LlamaForCausalLM(config), tokenizer), DataLoader(data, batch_size=4))
+    fit(TinyLM(random_llama(), tokenizer), steps, callbacks)
     return clock.step_seconds()
 
 

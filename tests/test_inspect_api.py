@@ -85,7 +85,7 @@ def test_messages_of_every_role_go_through_the_renderer():
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Weather?"},
         {"role": "assistant", "content": "Let me look."},
-        {"role": "tool", "content": "sunny"},
+        {"role": "tool", "content": "sunny", "name": "weather"},
     ]
 
 

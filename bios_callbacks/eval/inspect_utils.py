@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -28,6 +29,7 @@ from inspect_ai.model import (
     ChatCompletionChoice,
     ChatMessage,
     ChatMessageAssistant,
+    ChatMessageTool,
     Content,
     ContentReasoning,
     ContentText,
@@ -38,15 +40,21 @@ from inspect_ai.model import (
     ModelOutput,
     ModelUsage,
 )
-from inspect_ai.tool import ToolChoice, ToolInfo
+from inspect_ai.tool import ToolCall as InspectToolCall
+from inspect_ai.tool import ToolChoice, ToolFunction, ToolInfo
 
 from bios_callbacks.eval import inspect_private
+from bios_callbacks.exceptions import ConfigurationError
 from bios_callbacks.renderers.base import (
     ContentPart,
     Message,
+    Renderer,
     TextPart,
     ThinkingPart,
+    ToolCall,
+    ToolSpec,
     ensure_list,
+    format_content_as_string,
     get_text_content,
 )
 from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE
@@ -95,8 +103,15 @@ class InspectAPIFromBiosSampling(ModelAPI):
 
     `GenerateConfig` maps as follows: `temperature` (default 0: greedy), `max_tokens` (default
     512), `top_p`, `top_k`, `seed`, `num_choices` (samples per prompt) and `stop_seqs` (added to
-    the renderer's end-of-turn markers, removed from the returned text). Tools are not
-    supported: tool messages are rendered as `tool` turns and tool definitions are ignored.
+    the renderer's end-of-turn markers, removed from the returned text).
+
+    Tools work as in tinker-cookbook: the task's tools are declared by the renderer's
+    `create_conversation_prefix_with_tools` (Qwen3's `# Tools` system block; a renderer without
+    one is a `ConfigurationError`), the model's `<tool_call>` blocks come back as Inspect tool
+    calls (one that does not parse comes back as `unparsed_tool_call` with its `parse_error`,
+    which Inspect reports to the model), and earlier calls and tool results are rendered in
+    the conversation. `tool_choice="none"` declares no tools; `"any"` or a named function
+    makes a reply without such a call an error.
 
     Example:
         >>> api = InspectAPIFromBiosSampling(  # doctest: +SKIP
@@ -172,17 +187,26 @@ class InspectAPIFromBiosSampling(ModelAPI):
         tool_choice: ToolChoice,
         config: GenerateConfig,
     ) -> ModelOutput:
-        """Renders `input`, samples `config.num_choices` answers and parses them."""
-        prompt = self.renderer.build_generation_prompt(convert_inspect_messages(input))
+        """Renders `input` (with `tools` declared), samples `config.num_choices` answers and
+        parses them, tool calls included."""
+        messages = _conversation_with_tool_declarations(
+            self.renderer, convert_inspect_messages(input), tools, tool_choice
+        )
+        prompt = self.renderer.build_generation_prompt(messages)
         if self._prefix_tokens:
             prompt = ModelInput.from_ints(prompt.to_ints() + self._prefix_tokens)
         params = self.sampling_params(config)
         response = await self.sampling_client.sample_async(
             prompt=prompt, num_samples=config.num_choices or 1, sampling_params=params
         )
+        replies = [
+            self.renderer.parse_response(s.tokens, extra_stop=config.stop_seqs or [])[0]
+            for s in response.sequences
+        ]
+        _validate_required_tool_choice(replies, tool_choice)
         choices = [
-            self._choice(sequence, config.stop_seqs or [], bool(config.logprobs))
-            for sequence in response.sequences
+            self._choice(i, reply, sequence, bool(config.logprobs))
+            for i, (reply, sequence) in enumerate(zip(replies, response.sequences, strict=True))
         ]
         if self.verbose:
             logger.info(
@@ -215,17 +239,20 @@ class InspectAPIFromBiosSampling(ModelAPI):
         )
 
     def _choice(
-        self, sequence: SampledSequence, stop_seqs: list[str], logprobs: bool
+        self, index: int, message: Message, sequence: SampledSequence, logprobs: bool
     ) -> ChatCompletionChoice:
-        message, _ = self.renderer.parse_response(sequence.tokens, extra_stop=stop_seqs)
         content: str | list[Content]
         if self.include_reasoning:
             content = _message_to_inspect_content(message, self.response_prefix)
         else:
             content = self.response_prefix + get_text_content(message)
+        tool_calls = _message_to_inspect_tool_calls(message, choice_index=index)
+        stop_reason = _STOP_REASONS[sequence.stop_reason]
         return ChatCompletionChoice(
-            message=ChatMessageAssistant(content=content, model=self.model_name, source="generate"),
-            stop_reason=_STOP_REASONS[sequence.stop_reason],
+            message=ChatMessageAssistant(
+                content=content, model=self.model_name, source="generate", tool_calls=tool_calls
+            ),
+            stop_reason="tool_calls" if tool_calls and stop_reason == "stop" else stop_reason,
             logprobs=self._logprobs(sequence) if logprobs else None,
         )
 
@@ -269,7 +296,9 @@ def convert_inspect_messages(messages: list[ChatMessage]) -> list[Message]:
     Text content is stripped. A message with content parts keeps its text and reasoning
     (`ContentReasoning` becomes a thinking part) when it is the assistant's; a user, system or
     tool message's parts are joined by spaces into one string. Other parts (images, audio) are
-    left out with a warning.
+    left out with a warning. An assistant's tool calls become renderer `ToolCall`s (arguments as
+    compact JSON); a tool result keeps `tool_call_id` and the function as `name`, and a failed
+    tool's empty result reads "Error: <message>".
 
     Example:
         >>> from inspect_ai.model import ChatMessageUser, ContentText
@@ -278,31 +307,165 @@ def convert_inspect_messages(messages: list[ChatMessage]) -> list[Message]:
         >>> parts = [ContentText(text="Capital of"), ContentText(text="France?")]
         >>> convert_inspect_messages([ChatMessageUser(content=parts)])
         [{'role': 'user', 'content': 'Capital of France?'}]
+        >>> from inspect_ai.model import ChatMessageTool
+        >>> result = ChatMessageTool(content="5", tool_call_id="c1", function="add")
+        >>> convert_inspect_messages([result])
+        [{'role': 'tool', 'content': '5', 'tool_call_id': 'c1', 'name': 'add'}]
     """
     converted: list[Message] = []
     for message in messages:
-        if isinstance(message.content, str):
-            converted.append(Message(role=message.role, content=message.content.strip()))
-            continue
-        parts: list[ContentPart] = []
-        for item in message.content:
-            if isinstance(item, ContentText):
-                parts.append(TextPart(type="text", text=item.text))
-            elif isinstance(item, ContentReasoning):
-                parts.append(ThinkingPart(type="thinking", thinking=item.reasoning))
-            else:
-                logger.warning(
-                    "Leaving out a %s part of a %s message: the bios provider renders text and "
-                    "reasoning only.",
-                    type(item).__name__,
-                    message.role,
-                )
-        if message.role == "assistant" and parts:
-            converted.append(Message(role=message.role, content=parts))
-        else:
-            text = " ".join(p["text"] if p["type"] == "text" else p["thinking"] for p in parts)
-            converted.append(Message(role=message.role, content=text.strip()))
+        result = Message(role=message.role, content=_content(message))
+        if isinstance(message, ChatMessageAssistant) and message.tool_calls:
+            result["tool_calls"] = [_renderer_tool_call(call) for call in message.tool_calls]
+        if isinstance(message, ChatMessageTool):
+            if message.tool_call_id is not None:
+                result["tool_call_id"] = message.tool_call_id
+            if message.function is not None:
+                result["name"] = message.function
+            if message.error is not None and not result["content"]:
+                result["content"] = f"Error: {message.error.message}"
+        converted.append(result)
     return converted
+
+
+def _content(message: ChatMessage) -> str | list[ContentPart]:
+    """A message's content as `convert_inspect_messages` describes it."""
+    if isinstance(message.content, str):
+        return message.content.strip()
+    parts: list[ContentPart] = []
+    for item in message.content:
+        if isinstance(item, ContentText):
+            parts.append(TextPart(type="text", text=item.text))
+        elif isinstance(item, ContentReasoning):
+            parts.append(ThinkingPart(type="thinking", thinking=item.reasoning))
+        else:
+            logger.warning(
+                "Leaving out a %s part of a %s message: the bios provider renders text and "
+                "reasoning only.",
+                type(item).__name__,
+                message.role,
+            )
+    if message.role == "assistant" and parts:
+        return parts
+    return " ".join(p["text"] if p["type"] == "text" else p["thinking"] for p in parts).strip()
+
+
+def _renderer_tool_call(call: InspectToolCall) -> ToolCall:
+    """An Inspect tool call as a renderer's, arguments as compact JSON."""
+    arguments = json.dumps(call.arguments, separators=(",", ":"))
+    return ToolCall(
+        id=call.id, function=ToolCall.FunctionBody(name=call.function, arguments=arguments)
+    )
+
+
+def _inspect_tool_call(call: ToolCall, *, choice_index: int, tool_index: int) -> InspectToolCall:
+    """A parsed tool call as Inspect's; arguments that are no JSON object are its parse_error."""
+    arguments: dict[str, Any] = {}
+    parse_error = None
+    try:
+        decoded = json.loads(call.function.arguments)
+    except json.JSONDecodeError as e:
+        parse_error = f"arguments are not JSON: {e}"
+    else:
+        if isinstance(decoded, dict):
+            arguments = decoded
+        else:
+            parse_error = f"arguments must be a JSON object, got {type(decoded).__name__}"
+    return InspectToolCall(
+        id=call.id or f"call_{choice_index}_{tool_index}",
+        function=call.function.name,
+        arguments=arguments,
+        parse_error=parse_error,
+    )
+
+
+def _message_to_inspect_tool_calls(
+    message: Message, *, choice_index: int
+) -> list[InspectToolCall] | None:
+    """A parsed reply's tool calls as Inspect's, then its unparsed ones as calls of
+    `unparsed_tool_call` carrying the raw text and the `parse_error`; None without any."""
+    parsed = message.get("tool_calls") or []
+    unparsed = message.get("unparsed_tool_calls") or []
+    if not parsed and not unparsed:
+        return None
+    calls = [
+        _inspect_tool_call(call, choice_index=choice_index, tool_index=i)
+        for i, call in enumerate(parsed)
+    ]
+    calls += [
+        InspectToolCall(
+            id=f"unparsed_call_{choice_index}_{i}",
+            function="unparsed_tool_call",
+            arguments={"raw_text": call.raw_text},
+            parse_error=call.error,
+        )
+        for i, call in enumerate(unparsed)
+    ]
+    return calls
+
+
+def _conversation_with_tool_declarations(
+    renderer: Renderer, messages: list[Message], tools: list[ToolInfo], tool_choice: ToolChoice
+) -> list[Message]:
+    """`messages` after the renderer's declaration of the tools `tool_choice` allows (its
+    system message joined with the conversation's own); unchanged when none are allowed."""
+    if tool_choice == "none":
+        return messages
+    if tool_choice == "any" and not tools:
+        raise ConfigurationError(
+            "Inspect tool_choice='any' requires at least one tool; give the task tools "
+            "(use_tools(...)) or use tool_choice='auto'."
+        )
+    specs = [
+        ToolSpec(
+            name=tool.name,
+            description=tool.description,
+            parameters=tool.parameters.model_dump(exclude_none=True),
+        )
+        for tool in tools
+    ]
+    if isinstance(tool_choice, ToolFunction):
+        specs = [spec for spec in specs if spec["name"] == tool_choice.name]
+        if not specs:
+            raise ConfigurationError(
+                f"Inspect requested unknown tool_choice function {tool_choice.name!r}; the "
+                f"task's tools are {[tool.name for tool in tools]}."
+            )
+    if not specs:
+        return messages
+    system_prompt, rest = "", messages
+    if messages and messages[0]["role"] == "system":
+        system_prompt, rest = format_content_as_string(messages[0]["content"]), messages[1:]
+    try:
+        prefix = renderer.create_conversation_prefix_with_tools(specs, system_prompt)
+    except NotImplementedError as e:
+        raise ConfigurationError(
+            f"Renderer {renderer.name!r} does not support Inspect AI tool-use evals: {e}"
+        ) from e
+    return prefix + rest
+
+
+def _validate_required_tool_choice(replies: list[Message], tool_choice: ToolChoice) -> None:
+    """Raises `ConfigurationError` when `tool_choice` ("any" or a function) demanded a tool
+    call and a reply made none (an unparsed call counts: Inspect reports its error)."""
+    if tool_choice != "any" and not isinstance(tool_choice, ToolFunction):
+        return
+    for i, reply in enumerate(replies):
+        calls = reply.get("tool_calls") or []
+        if reply.get("unparsed_tool_calls"):
+            continue
+        if not calls:
+            raise ConfigurationError(
+                f"Inspect tool_choice={tool_choice!r} requires a tool call, but choice {i} did "
+                "not produce one."
+            )
+        if isinstance(tool_choice, ToolFunction) and all(
+            call.function.name != tool_choice.name for call in calls
+        ):
+            raise ConfigurationError(
+                f"Inspect tool_choice requested function {tool_choice.name!r}, but choice {i} "
+                f"produced {[call.function.name for call in calls]!r}."
+            )
 
 
 def _message_to_inspect_content(message: Message, prefix: str = "") -> list[Content]:

@@ -20,16 +20,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NotRequired, TypedDict
 
+from bios_callbacks.exceptions import RendererError
 from bios_callbacks.types import ModelInput
 
 if TYPE_CHECKING:
     import torch
 
 ROLES = ("system", "user", "assistant", "tool")
-
-
-class RendererError(ValueError):
-    """A conversation or a response that a renderer cannot handle as given."""
 
 
 # -- message types -----------------------------------------------------------------------------

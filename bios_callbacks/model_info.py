@@ -1,4 +1,4 @@
-"""Which renderer suits which model, by name.
+"""Which renderer suits which model, and what a model's name says about it.
 
 Example:
     >>> from bios_callbacks.model_info import get_recommended_renderer_name
@@ -9,6 +9,9 @@ Example:
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
 
 # Checked in order on the lower-cased name: every fragment must occur; first match wins.
 _RULES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
@@ -50,3 +53,58 @@ def get_recommended_renderer_name(model_name: str) -> str:
         'chatml'
     """
     return get_recommended_renderer_names(model_name)[0]
+
+
+@dataclass(frozen=True)
+class ModelAttributes:
+    """What a model's name tells: who made it, its family version and size, whether it is
+    tuned for chat, the renderers made for it (best first) and whether it reads images or audio.
+    """
+
+    organization: str
+    version_str: str
+    size_str: str
+    is_chat: bool
+    recommended_renderers: tuple[str, ...]
+    is_vl: bool = False
+    is_audio_in: bool = False
+
+
+_VERSION = re.compile(r"(?:llama-?|qwen|smollm|mistral-?|gemma-?|phi-?)(\d+(?:\.\d+)?)")
+_SIZE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?[BbMm](?:-A\d+(?:\.\d+)?[Bb])?)(?![\w.])")
+
+
+def get_model_attributes(model_name: str) -> ModelAttributes:
+    """The `ModelAttributes` read off a hub id (`org/name`, an optional `:suffix` ignored).
+
+    A Qwen3 hybrid model (no "Base" in its name) counts as a chat model, as do names with
+    "Instruct", "Chat" or "-it"; "-VL" or "Vision" marks image input, "Audio" or "Omni" audio.
+
+    Example:
+        >>> attributes = get_model_attributes("Qwen/Qwen3-30B-A3B-Instruct-2507")
+        >>> attributes.version_str, attributes.size_str, attributes.is_chat
+        ('3', '30B-A3B', True)
+        >>> get_model_attributes("meta-llama/Llama-3.2-1B").recommended_renderers
+        ('role_colon',)
+    """
+    name = model_name.split(":", 1)[0]
+    if "/" not in name:
+        raise ValueError(
+            f"model_name={model_name!r}: expected a hub id 'organization/model', e.g. "
+            "'Qwen/Qwen3-8B'."
+        )
+    organization, model = name.split("/", 1)
+    lowered = model.lower()
+    version = _VERSION.search(lowered)
+    size = _SIZE.search(model.replace("_", "-"))
+    is_qwen3_hybrid = lowered.startswith("qwen3-") and "base" not in lowered
+    chat_marks = ("instruct", "chat", "-it")
+    return ModelAttributes(
+        organization=organization,
+        version_str=version.group(1) if version else "",
+        size_str=size.group(1).upper() if size else "",
+        is_chat=is_qwen3_hybrid or any(mark in lowered for mark in chat_marks),
+        recommended_renderers=tuple(get_recommended_renderer_names(name)),
+        is_vl="-vl" in lowered or "vision" in lowered,
+        is_audio_in="audio" in lowered or "omni" in lowered,
+    )

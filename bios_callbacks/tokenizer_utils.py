@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    Tokenizer: TypeAlias = PreTrainedTokenizerBase
+else:
+    Tokenizer: TypeAlias = Any
+    """A Hugging Face tokenizer (`PreTrainedTokenizerBase`; a plain alias at run time, so
+    importing this module does not import transformers)."""
 
 _REGISTRY: dict[str, Callable[[], Any]] = {}
 

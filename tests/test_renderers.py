@@ -12,7 +12,11 @@ import pytest
 from renderer_tokenizers import QWEN25_SYSTEM, QWEN25_TEMPLATE, llama3_tokenizer, with_template
 
 from bios_callbacks import renderers
-from bios_callbacks.model_info import get_recommended_renderer_name, get_recommended_renderer_names
+from bios_callbacks.model_info import (
+    get_model_attributes,
+    get_recommended_renderer_name,
+    get_recommended_renderer_names,
+)
 from bios_callbacks.renderers import ParseTermination, TrainOnWhat
 
 SYSTEM = {"role": "system", "content": "You answer in one word."}
@@ -137,6 +141,60 @@ def test_recommended_renderer_name(model_name, expected):
 
 def test_recommended_names_list_thinking_off_for_qwen3():
     assert get_recommended_renderer_names("Qwen/Qwen3-8B") == ["qwen3", "qwen3_disable_thinking"]
+
+
+@pytest.mark.parametrize(
+    ("model_name", "expected"),
+    [
+        ("meta-llama/Llama-3.1-8B-Instruct", ("meta-llama", "3.1", "8B", True, False)),
+        ("Qwen/Qwen3-8B", ("Qwen", "3", "8B", True, False)),
+        ("Qwen/Qwen3-8B-Base", ("Qwen", "3", "8B", False, False)),
+        ("Qwen/Qwen3-30B-A3B-Instruct-2507", ("Qwen", "3", "30B-A3B", True, False)),
+        ("Qwen/Qwen2.5-VL-7B-Instruct", ("Qwen", "2.5", "7B", True, True)),
+        (
+            "HuggingFaceTB/SmolLM2-135M-Instruct:step-40",
+            ("HuggingFaceTB", "2", "135M", True, False),
+        ),
+    ],
+)
+def test_model_attributes_read_off_the_name(model_name, expected):
+    attributes = get_model_attributes(model_name)
+    got = (attributes.organization, attributes.version_str, attributes.size_str)
+    assert (*got, attributes.is_chat, attributes.is_vl) == expected
+    assert attributes.recommended_renderers == tuple(get_recommended_renderer_names(model_name))
+
+
+def test_model_attributes_need_an_org_slash_name():
+    with pytest.raises(ValueError, match=r"'SmolLM2'.*organization/model"):
+        get_model_attributes("SmolLM2")
+
+
+def test_image_parts_are_logged_but_not_rendered(tokenizer):
+    from PIL import Image
+
+    content = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image", "image": Image.new("RGB", (20, 15))},
+    ]
+    assert renderers.format_content_as_string(content, " ") == (
+        "What is this? <image>Image(20x15, RGB)</image>"
+    )
+    renderer = renderers.get_renderer("chatml", tokenizer)
+    with pytest.raises(renderers.RendererError, match=r"image part.*text-only"):
+        renderer.build_generation_prompt([{"role": "user", "content": content}])
+    with pytest.raises(renderers.RendererError, match="Unknown content part type: audio"):
+        renderers.format_content_as_string([{"type": "audio", "audio": b""}])
+
+
+def test_image_processor_loads_by_name_once(tmp_path):
+    from transformers import CLIPImageProcessor
+
+    from bios_callbacks.image_processing_utils import get_image_processor
+
+    CLIPImageProcessor(size={"shortest_edge": 32}).save_pretrained(tmp_path)
+    processor = get_image_processor(str(tmp_path))
+    assert isinstance(processor, CLIPImageProcessor) and processor.size["shortest_edge"] == 32
+    assert get_image_processor(str(tmp_path)) is processor
 
 
 # -- chatml / hf_template on SmolLM2: token-for-token equal to the model's template -----------
@@ -427,7 +485,7 @@ def test_bad_messages_get_clear_errors(tokenizer):
         renderer.build_supervised_example([USER, REPLY], TrainOnWhat.CUSTOMIZED)
     with pytest.raises(ValueError, match=r"messages\[1\] has a 'trainable'"):
         renderer.build_supervised_example([USER, {**REPLY, "trainable": True}])
-    with pytest.raises(TypeError, match=r"'type': 'image'"):
+    with pytest.raises(renderers.RendererError, match=r"image part.*text-only"):
         renderer.build_generation_prompt([{"role": "user", "content": [{"type": "image"}]}])
 
 

@@ -10,12 +10,14 @@ from renderer_tokenizers import QWEN3_INSTRUCT_TEMPLATE, qwen3_tokenizer
 
 from bios_callbacks import renderers
 from bios_callbacks.renderers import (
+    ParseFailureKind,
     ParseTermination,
     RenderContext,
     TextPart,
     ThinkingPart,
     ToolCall,
     TrainOnWhat,
+    classify_parse_failure,
     get_text_content,
 )
 
@@ -272,6 +274,12 @@ def test_broken_and_unterminated_tool_calls_are_reported(qwen3_tok):
     message, termination = renderer.parse_response(qwen3_tok.encode(dangling))
     assert termination.is_clean
     assert "unterminated" in message["unparsed_tool_calls"][0].error
+    assert classify_parse_failure(message, termination)[0] == ParseFailureKind.CONTENT
+    cut_off = renderer.parse_response(qwen3_tok.encode('<tool_call>\n{"name": "f"'))
+    assert classify_parse_failure(*cut_off)[0] == ParseFailureKind.STRUCTURAL
+    call = '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call><|im_end|>'
+    called = renderer.parse_response(qwen3_tok.encode(call))
+    assert called[0]["tool_calls"] and classify_parse_failure(*called) is None
 
 
 def test_tool_call_round_trip(qwen3_tok):

@@ -46,8 +46,18 @@ class ThinkingPart(TypedDict):
     thinking: str
 
 
-ContentPart = TextPart | ThinkingPart
+class ImagePart(TypedDict):
+    """An image in a message's content list: a URL, a data URI or a PIL image. Our renderers
+    are text-only and refuse it; it exists so content can be logged and ported as is."""
+
+    type: Literal["image"]
+    image: Any
+
+
+ContentPart = TextPart | ThinkingPart | ImagePart
 Content = str | list[ContentPart]
+Role = str
+"""A message's author: "system", "user", "assistant", "tool" or a format's own."""
 
 
 @dataclass(frozen=True)
@@ -254,11 +264,32 @@ def has_thinking(content: Content) -> bool:
 
 
 def format_content_as_string(content: Content, separator: str = "\n") -> str:
-    """Content for logs: thinking as `<think>...</think>`, parts joined by `separator`."""
+    """Content for logs: thinking as `<think>...</think>`, an image as `<image>URL</image>` or
+    `<image>Image(WxH, mode)</image>`, parts joined by `separator`.
+
+    Example:
+        >>> format_content_as_string([{"type": "text", "text": "See"},
+        ...     {"type": "image", "image": "https://x/cat.png"}], separator=" ")
+        'See <image>https://x/cat.png</image>'
+    """
     if isinstance(content, str):
         return content
-    return separator.join(
-        f"<think>{p['thinking']}</think>" if p["type"] == "thinking" else p["text"] for p in content
+    return separator.join(_part_as_string(part) for part in content)
+
+
+def _part_as_string(part: Mapping[str, Any]) -> str:
+    kind = part.get("type")
+    if kind == "text":
+        return part["text"]
+    if kind == "thinking":
+        return f"<think>{part['thinking']}</think>"
+    if kind == "image":
+        image = part["image"]
+        if isinstance(image, str):
+            return f"<image>{image}</image>"
+        return f"<image>Image({image.size[0]}x{image.size[1]}, {image.mode})</image>"
+    raise RendererError(
+        f"Unknown content part type: {kind} in {dict(part)!r}; parts are text, thinking or image."
     )
 
 
@@ -338,6 +369,11 @@ def _check_message(message: Any, i: int) -> Message:
     if isinstance(content, list):
         for part in content:
             kind = part.get("type") if isinstance(part, Mapping) else None
+            if kind == "image":
+                raise RendererError(
+                    f"messages[{i}]['content'] has an image part, but bios-callbacks' renderers "
+                    "are text-only; pass text (and thinking) parts."
+                )
             if kind not in ("text", "thinking") or not isinstance(part.get(kind), str):
                 raise TypeError(
                     f"messages[{i}]['content'] has the part {part!r}; expected "
@@ -735,6 +771,73 @@ def _inline(content: Content) -> str:
     return format_content_as_string(content, separator="")
 
 
+class ParseFailureKind(StrEnum):
+    """What went wrong in a parsed response (`classify_parse_failure`).
+
+    `STRUCTURAL`: the response did not end cleanly (`ParseTermination.MALFORMED`: cut off, or
+    framed as the format forbids); the conversation cannot be continued faithfully. `CONTENT`:
+    it ended cleanly but a tool block in it did not parse; the model can be asked again.
+    """
+
+    STRUCTURAL = "structural"
+    CONTENT = "content"
+
+
+PARSE_FAILURE_DETAIL_MAX_CHARS = 16384
+"""Longest detail `classify_parse_failure` returns (a model's raw output can be huge)."""
+
+UNTERMINATED_TOOL_BLOCK_ERROR = "unterminated tool block"
+"""How the error of a tool block opened but never closed starts (in `unparsed_tool_calls`)."""
+
+
+def classify_parse_failure(
+    message: Message, termination: ParseTermination
+) -> tuple[ParseFailureKind, str] | None:
+    """`(kind, detail)` for a `parse_response` result that failed, None for a clean one.
+
+    A structural failure wins over unparsed tool calls; a reply with both good and unparsed
+    calls is a CONTENT failure (whether to act on the good ones is the caller's choice).
+
+    Example:
+        >>> reply = {"role": "assistant", "content": "4"}
+        >>> classify_parse_failure(reply, ParseTermination.EOS)
+        >>> classify_parse_failure(reply, ParseTermination("length"))[0]
+        <ParseFailureKind.STRUCTURAL: 'structural'>
+    """
+    if not termination.is_clean:
+        return (
+            ParseFailureKind.STRUCTURAL,
+            f"response did not terminate cleanly (termination={termination.value}): it has "
+            "neither the format's end-of-turn marker nor EOS",
+        )
+    unparsed = message.get("unparsed_tool_calls") or []
+    if not unparsed:
+        return None
+    detail = "\n".join(call.error for call in unparsed)
+    return ParseFailureKind.CONTENT, detail[:PARSE_FAILURE_DETAIL_MAX_CHARS]
+
+
+def detect_unterminated_tool_block(
+    content: str, open_marker: str, close_marker: str
+) -> UnparsedToolCall | None:
+    """An `UnparsedToolCall` for a tool block opened in `content` but never closed (its raw
+    text runs from the last unmatched `open_marker`), or None when the markers balance.
+
+    Example:
+        >>> markers = "<tool_call>", "</tool_call>"
+        >>> detect_unterminated_tool_block("<tool_call>{}</tool_call>", *markers)
+        >>> detect_unterminated_tool_block('<tool_call>{"na', *markers).raw_text
+        '<tool_call>{"na'
+    """
+    opened = content.count(open_marker)
+    if opened == 0 or opened <= content.count(close_marker):
+        return None
+    return UnparsedToolCall(
+        raw_text=content[content.rfind(open_marker) :][:PARSE_FAILURE_DETAIL_MAX_CHARS],
+        error=f"{UNTERMINATED_TOOL_BLOCK_ERROR}: '{open_marker}' without '{close_marker}'",
+    )
+
+
 def tool_calls_text(calls: Sequence[ToolCall]) -> str:
     """Hermes-style tool calls (Qwen's): `<tool_call>\\n{json}\\n</tool_call>`, one a line."""
     return "\n".join(f"<tool_call>\n{_tool_call_json(c)}\n</tool_call>" for c in calls)
@@ -760,9 +863,9 @@ def split_tool_calls(message: Message) -> Message:
     out: Message = {**message, "content": text}
     parsed = [c for c in calls if isinstance(c, ToolCall)]
     failed = [c for c in calls if isinstance(c, UnparsedToolCall)]
-    if "<tool_call>" in text:
-        start = text.rfind("<tool_call>")
-        failed.append(UnparsedToolCall(raw_text=text[start:], error="unterminated tool block"))
+    dangling = detect_unterminated_tool_block(content, "<tool_call>", "</tool_call>")
+    if dangling is not None:
+        failed.append(dangling)
     if parsed:
         out["tool_calls"] = parsed
     if failed:
@@ -826,16 +929,21 @@ def probe_preamble(
 
 
 __all__ = [
+    "PARSE_FAILURE_DETAIL_MAX_CHARS",
     "ROLES",
+    "UNTERMINATED_TOOL_BLOCK_ERROR",
     "Content",
     "ContentPart",
+    "ImagePart",
     "Message",
+    "ParseFailureKind",
     "ParseTermination",
     "Preamble",
     "RenderContext",
     "RenderedMessage",
     "Renderer",
     "RendererError",
+    "Role",
     "SupervisedExample",
     "TextPart",
     "ThinkingPart",
@@ -844,6 +952,8 @@ __all__ = [
     "TrainOnWhat",
     "UnparsedToolCall",
     "check_messages",
+    "classify_parse_failure",
+    "detect_unterminated_tool_block",
     "ensure_list",
     "ensure_text",
     "format_content_as_string",

@@ -22,6 +22,7 @@ from bios_callbacks.renderers.base import (
     ToolSpec,
     UnparsedToolCall,
     _drop_call_separators,
+    detect_unterminated_tool_block,
     has_thinking,
     parse_content_blocks,
     tool_calls_text,
@@ -167,14 +168,9 @@ class Qwen3Renderer(ChatMLRenderer):
                 message["tool_calls"] = parsed
             if failed:
                 message["unparsed_tool_calls"] = failed
-        if content.count("<tool_call>") > content.count("</tool_call>"):
-            message["unparsed_tool_calls"] = [
-                *message.get("unparsed_tool_calls", []),
-                UnparsedToolCall(
-                    raw_text=content[content.rfind("<tool_call>") :],
-                    error="unterminated tool block: '<tool_call>' without '</tool_call>'",
-                ),
-            ]
+        dangling = detect_unterminated_tool_block(content, "<tool_call>", "</tool_call>")
+        if dangling is not None:
+            message["unparsed_tool_calls"] = [*message.get("unparsed_tool_calls", []), dangling]
         return message, termination
 
     def to_openai_message(self, message: Message) -> dict[str, Any]:

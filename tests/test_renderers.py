@@ -8,6 +8,8 @@ example keeps the tokens sampling produces).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from renderer_tokenizers import QWEN25_SYSTEM, QWEN25_TEMPLATE, llama3_tokenizer, with_template
 
@@ -87,6 +89,12 @@ def test_renderer_names_and_unknown_name_lists_choices(tokenizer):
     assert renderers.renderer_names() == BUILTIN
     with pytest.raises(ValueError, match=r"'chatm1'.*chatml, hf_template, llama3, qwen3"):
         renderers.get_renderer("chatm1", tokenizer)
+
+
+def test_get_renderer_documents_every_builtin_name():
+    listing = renderers.get_renderer.__doc__.split("Built-in names:")[1].split("renderer_names")[0]
+    documented = re.findall(r"`(\w+)`", listing)
+    assert sorted(documented) == renderers.renderer_names()
 
 
 def test_get_renderer_takes_tinker_cookbooks_positional_and_keyword_forms(tokenizer):

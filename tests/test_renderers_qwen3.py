@@ -214,6 +214,25 @@ def test_thinking_off_refuses_a_reply_that_reasoned(qwen3_tok):
         renderer.build_supervised_example([{"role": "user", "content": "2+2?"}, reasoned])
 
 
+def test_thinking_off_refuses_a_reply_with_no_user_message_before_it(qwen3_tok):
+    renderer = renderers.get_renderer("qwen3_disable_thinking", qwen3_tok)
+    system, reply = {"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}
+    with pytest.raises(ValueError, match=r"no user message.*Add a user message"):
+        renderer.build_supervised_example([system, reply])
+    renderer.build_supervised_example([system, {"role": "user", "content": "q"}, reply])
+
+
+def test_an_empty_tool_list_declares_nothing(qwen3_tok):
+    renderer = renderers.get_renderer("qwen3", qwen3_tok)
+    assert renderer.create_conversation_prefix_with_tools([], "Be brief.") == [
+        {"role": "system", "content": "Be brief."}
+    ]
+    [declared] = renderer.create_conversation_prefix_with_tools([SPEC], "Be brief.")
+    assert (
+        declared["content"].startswith("Be brief.\n\n# Tools") and "<tools>" in declared["content"]
+    )
+
+
 def test_thinking_off_trains_only_what_follows_the_empty_block(qwen3_tok):
     renderer = renderers.get_renderer("qwen3_disable_thinking", qwen3_tok)
     messages = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "\n4"}]

@@ -118,6 +118,8 @@ def get_renderer(
 ) -> Renderer:
     """The chat format `name` bound to `tokenizer`.
 
+    Built-in names: `chatml`, `hf_template`, `llama3`, `qwen3`, `qwen3_disable_thinking`,
+    `qwen3_instruct` and `role_colon`; `renderer_names()` adds registered ones.
     `image_processor` is passed to registered factories (the built-in formats are text-only);
     `model_name` is recorded on the renderer (default: the tokenizer's name).
 

@@ -188,12 +188,14 @@ class Qwen3Renderer(ChatMLRenderer):
         self, tools: list[ToolSpec], system_prompt: str = ""
     ) -> list[Message]:
         """A system message declaring `tools` as Qwen3's template does (`tools=` in
-        `apply_chat_template`), after `system_prompt` if given.
+        `apply_chat_template`), after `system_prompt` if given; no tools, no declaration.
 
         Example:
             >>> r.create_conversation_prefix_with_tools([spec], "Be brief.")  # doctest: +SKIP
             [{'role': 'system', 'content': 'Be brief.\\n\\n# Tools\\n\\n...'}]
         """
+        if not tools:
+            return [Message(role="system", content=system_prompt)]
         lines = "".join(
             "\n" + json.dumps({"type": "function", "function": t}, ensure_ascii=False)
             for t in tools
@@ -220,13 +222,20 @@ class Qwen3DisableThinkingRenderer(Qwen3Renderer):
 
     def render_message(self, message: Message, ctx: RenderContext) -> RenderedMessage:
         """As qwen3, with the empty block of a produced reply moved into its header."""
+        if message["role"] == "assistant" and ctx.last_user_index < 0:
+            raise RendererError(
+                f"messages[{ctx.idx}] is an assistant turn in a conversation with no user "
+                "message: Qwen3's template writes the empty think block only after one, but "
+                "'qwen3_disable_thinking' prompts always end in it. Add a user message, or use "
+                "'qwen3'."
+            )
         if not self._frames(message, ctx):
             return super().render_message(message, ctx)
         if has_thinking(message["content"]):
             raise RendererError(
                 f"messages[{ctx.idx}] has reasoning, but 'qwen3_disable_thinking' prompts the "
-                "model not to reason (its prompt ends in an empty think block); use 'qwen3', "
-                "or drop the reasoning from that message."
+                "model not to reason (its prompt closes the think block before the reply); use "
+                "'qwen3', or drop the reasoning from that message."
             )
         rendered = super().render_message(message, ctx)
         assert rendered.header is not None

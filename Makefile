@@ -38,13 +38,15 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.async_rounds
 	$(BIN)/python -m bench.sft_throughput
 
-# llama.cpp's llama-server, built once from source into ~/.cache/bios_callbacks/llama.cpp
-# (24 min on two busy cores here); `make test` never builds it: its tests skip until then.
+# Optional: a native llama-server built once from source into ~/.cache/bios_callbacks/llama.cpp
+# (24 min on two busy cores here; tuned for this CPU). Without it `make serve` and the serving
+# tests use the llama.cpp server embedded in the xllamacpp wheel (the dev and serve extras).
 serve-build: $(STAMP)
 	$(BIN)/python -m bios_callbacks.serving build
 
-# The embedded model on an OpenAI-compatible endpoint, 16 parallel slots, until Ctrl-C.
-serve: serve-build
+# The embedded model on an OpenAI-compatible endpoint, 16 parallel slots, until Ctrl-C: a
+# native llama-server if there is one (serve-build, $$BIOS_LLAMA_SERVER, PATH), else xllamacpp's.
+serve: $(STAMP)
 	$(BIN)/python -m bios_callbacks.serving serve --port $(PORT)
 
 lint: $(STAMP)

@@ -4,8 +4,8 @@ The main tests start the real llama.cpp `llama-server` once per session on the e
 and compare it with the local engine over the same weights. The server runs the Q4_1 GGUF with
 quantized matmuls while the local engine runs its exact fp32 de-quantization, so greedy
 answers agree on short replies but may part after a near tie: the comparisons use prompts where
-both engines agree and compare logprobs with a tolerance. They skip when llama-server is not
-built (`make serve-build`, about 25 minutes, cached).
+both engines agree and compare logprobs with a tolerance. They run xllamacpp's embedded
+server (the dev extra) unless a native llama-server exists, and skip when neither does.
 
 Retries, resets, timeouts and servers without token ids are tested against a tiny local HTTP
 server scripted to fail (no engine there answers 429 or resets on demand).
@@ -30,9 +30,9 @@ from bios_callbacks.models import EMBEDDED_MODEL
 from bios_callbacks.sampling.server_client import ServerError, ServerSamplingClient
 from bios_callbacks.serving.llama_cpp import (
     LlamaServer,
-    find_llama_server,
     free_port,
-    install_dir,
+    llama_server_command,
+    no_server_message,
 )
 from bios_callbacks.types import ModelInput, SamplingParams
 
@@ -216,15 +216,11 @@ def test_vllm_gets_its_token_id_and_stop_options(fake):
 
 # -- the real llama.cpp server vs the local engine ---------------------------------------------
 
-_NOT_BUILT = pytest.mark.skipif(
-    find_llama_server() is None,
-    reason="llama-server is not built: run `make serve-build` once (about 25 minutes on two "
-    f"cores, cached under {install_dir()})",
-)
+_NOT_BUILT = pytest.mark.skipif(llama_server_command() is None, reason=no_server_message())
 
 
 def needs_server(test):
-    """Marks a test `serving` and skips it while llama-server is not built."""
+    """Marks a test `serving` and skips it when there is no llama-server nor xllamacpp."""
     return pytest.mark.serving(_NOT_BUILT(test))
 
 
@@ -546,3 +542,25 @@ def test_a_saved_checkpoint_is_served_after_gguf_conversion(tmp_path, tokenizer)
         assert served.sequences[0].tokens == ours.sequences[0].tokens
     finally:
         gguf.unlink()
+
+
+def test_the_xllamacpp_launcher_names_a_flag_it_does_not_take():
+    launcher = [sys.executable, "-m", "bios_callbacks.serving.xllamacpp_server"]
+    unknown = subprocess.run(
+        [*launcher, "--model", "m.gguf", "--n-gpu-layers", "9"], capture_output=True, text=True
+    )
+    assert unknown.returncode == 2 and "--n-gpu-layers" in unknown.stderr
+    assert "accepts only --model --alias" in unknown.stderr
+    bad = subprocess.run([*launcher, "--model", "m.gguf", "--port", "x"], capture_output=True)
+    assert bad.returncode == 2 and b"argument --port: expected a TCP port" in bad.stderr
+
+
+def test_extra_args_xllamacpp_does_not_take_fail_before_starting(monkeypatch):
+    monkeypatch.delenv("BIOS_LLAMA_SERVER", raising=False)
+    monkeypatch.setattr(
+        "bios_callbacks.serving.llama_cpp.llama_server_command",
+        lambda: [sys.executable, "-m", "bios_callbacks.serving.xllamacpp_server"],
+    )
+    with pytest.raises(ValueError, match="--n-gpu-layers need the native binary"):
+        LlamaServer(extra_args=["--n-gpu-layers", "9"])
+    assert LlamaServer(extra_args=["--threads", "1"]).uses_xllamacpp

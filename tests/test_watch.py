@@ -24,7 +24,7 @@ from bios_callbacks.evaluators import (
     TrainingClientEvaluator,
 )
 from bios_callbacks.sampling.client import SamplingClient
-from bios_callbacks.serving.llama_cpp import LlamaServer, find_llama_server, install_dir
+from bios_callbacks.serving.llama_cpp import LlamaServer, llama_server_command, no_server_message
 from bios_callbacks.training_client import TrainingClient
 from bios_callbacks.types import ModelInput, SamplingParams
 from trainers.config import SFTConfig
@@ -278,10 +278,7 @@ def greedy_reply(model, tokenizer) -> list[int]:
 
 
 @pytest.mark.serving
-@pytest.mark.skipif(
-    find_llama_server() is None,
-    reason=f"llama-server is not built: run `make serve-build` once (cached under {install_dir()})",
-)
+@pytest.mark.skipif(llama_server_command() is None, reason=no_server_message())
 def test_with_base_url_the_watcher_samples_each_checkpoint_on_the_server(tokenizer, root, capsys):
     pytest.importorskip("sentencepiece", reason="the GGUF converter needs the serve extra")
     from bios_callbacks.checkpoints import save_checkpoint

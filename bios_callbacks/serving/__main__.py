@@ -1,11 +1,13 @@
-"""`python -m bios_callbacks.serving`: build llama.cpp's server once, then serve a model.
+"""`python -m bios_callbacks.serving`: serve a model with llama.cpp's server.
 
-    python -m bios_callbacks.serving build                  # once; cached for every later run
     python -m bios_callbacks.serving serve --port 8000      # the embedded model, 16 slots
     python -m bios_callbacks.serving serve --model runs/x/checkpoints/final   # converts once
     python -m bios_callbacks.serving convert runs/x/checkpoints/final         # just the GGUF
+    python -m bios_callbacks.serving build                  # optional native build, cached
 
-`make serve` and `make serve-build` run the first two. Clients connect with
+`serve` runs a native `llama-server` when there is one ($BIOS_LLAMA_SERVER, the cached build,
+PATH), else the server embedded in the `xllamacpp` wheel (the `serve` and `dev` extras).
+`make serve` and `make serve-build` run `serve` and `build`. Clients connect with
 `bios.ServiceClient(base_url="http://127.0.0.1:8000/v1")`.
 """
 
@@ -21,7 +23,7 @@ from bios_callbacks.serving.llama_cpp import (
     DEFAULT_PARALLEL,
     LlamaServer,
     build_llama_server,
-    find_llama_server,
+    llama_server_command,
 )
 
 
@@ -31,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bios_callbacks.serving", description=__doc__.split("\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build", help="build llama-server once (cached) and print its path")
+    build = commands.add_parser(
+        "build", help="build the native llama-server once (cached) and print its path"
+    )
     build.add_argument("--jobs", type=int, default=None, help="compile jobs (default: all cores)")
     serve = commands.add_parser("serve", help="serve a model on an OpenAI-compatible endpoint")
     serve.add_argument(
@@ -64,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print(checkpoint_to_gguf(args.checkpoint))
         return 0
-    if find_llama_server() is None:
-        print("llama-server is not built yet; building it once (cached).", file=sys.stderr)
+    if llama_server_command() is None:
+        print(
+            "No llama-server and no xllamacpp (`pip install xllamacpp` is quicker); building "
+            "llama-server once (about 25 minutes, cached).",
+            file=sys.stderr,
+        )
         build_llama_server(jobs=args.jobs)
     model, alias = args.model, args.alias
     if model is not None and not model.endswith(".gguf"):

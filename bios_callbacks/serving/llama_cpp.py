@@ -1,11 +1,17 @@
-"""llama.cpp's `llama-server`: find it, build it once from source, start it on a GGUF model.
+"""llama.cpp's C++ server: find it, start it on a GGUF model (or build it once from source).
 
 The C++ server batches concurrent requests over parallel slots (continuous batching), speaks
 the OpenAI completions API with token-id prompts, and reports token ids with logprobs, which is
-what `ServerSamplingClient` needs. Its sources ship inside the `llama-cpp-python` sdist on PyPI;
-`build_llama_server()` downloads that sdist with pip, builds only the `llama-server` target with
-cmake, and keeps the binary under `$BIOS_CALLBACKS_CACHE/llama.cpp/<version>/bin/` so every
-later run reuses it.
+what `ServerSamplingClient` needs. `LlamaServer` runs the first of:
+
+1. `$BIOS_LLAMA_SERVER`, a `llama-server` binary you name;
+2. the cached native build, `$BIOS_CALLBACKS_CACHE/llama.cpp/<version>/bin/llama-server`
+   (`make serve-build`: `build_llama_server()` downloads the `llama-cpp-python` sdist, whose
+   bundled llama.cpp sources it builds with cmake, about 25 minutes on two cores, once);
+3. `llama-server` on PATH;
+4. the server embedded in the `xllamacpp` wheel (`pip install xllamacpp`, part of the `serve`
+   and `dev` extras, so `make install` brings it), started through
+   `python -m bios_callbacks.serving.xllamacpp_server` with the same flags.
 
 Example:
     >>> from bios_callbacks.serving.llama_cpp import LlamaServer, find_llama_server
@@ -19,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import importlib.util
 import json
 import os
 import shutil
@@ -36,11 +43,14 @@ from pathlib import Path
 from typing import IO
 
 from bios_callbacks.models import EMBEDDED_MODEL, cache_root, embedded_gguf_file
+from bios_callbacks.serving.xllamacpp_server import SUPPORTED_FLAGS as XLLAMACPP_FLAGS
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 """The `llama-cpp-python` sdist whose bundled llama.cpp sources are built (tested version)."""
 SERVER_ENV = "BIOS_LLAMA_SERVER"
 """Environment variable naming a `llama-server` binary to use instead of the cached build."""
+XLLAMACPP_LAUNCHER = "bios_callbacks.serving.xllamacpp_server"
+"""The module that runs xllamacpp's embedded server with `llama-server`'s flags."""
 DEFAULT_PARALLEL = 16
 """Parallel slots: requests decoded together (continuous batching)."""
 DEFAULT_CTX_PER_SLOT = 2048
@@ -66,7 +76,8 @@ def install_dir(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
 
 
 def find_llama_server(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path | None:
-    """The `llama-server` to run: `$BIOS_LLAMA_SERVER`, else the cached build, else PATH.
+    """The native `llama-server` binary: `$BIOS_LLAMA_SERVER`, else the cached build, else PATH
+    (None when there is none; `llama_server_command()` then falls back to xllamacpp).
 
     Example:
         >>> path = find_llama_server()  # None until `make serve-build` has run
@@ -77,7 +88,7 @@ def find_llama_server(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path | None:
         if not (path.is_file() and os.access(path, os.X_OK)):
             raise FileNotFoundError(
                 f"{SERVER_ENV}={configured!r} is not an executable file. Point it at a "
-                "llama-server binary, or unset it to use the cached build (`make serve-build`)."
+                "llama-server binary, or unset it to use the cached build or xllamacpp."
             )
         return path
     cached = install_dir(version) / "bin" / "llama-server"
@@ -85,6 +96,37 @@ def find_llama_server(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path | None:
         return cached
     on_path = shutil.which("llama-server")
     return Path(on_path) if on_path else None
+
+
+def xllamacpp_available() -> bool:
+    """Whether the `xllamacpp` wheel (llama.cpp's server, embedded) is installed."""
+    return importlib.util.find_spec("xllamacpp") is not None
+
+
+def llama_server_command(version: str = LLAMA_CPP_PYTHON_VERSION) -> list[str] | None:
+    """The command that starts llama.cpp's server, before its flags: the native binary
+    (`find_llama_server()`), else xllamacpp's embedded server through its launcher module,
+    else None (nothing installed or built).
+
+    Example:
+        >>> command = llama_server_command()  # e.g. [python, '-m', XLLAMACPP_LAUNCHER]
+    """
+    native = find_llama_server(version)
+    if native is not None:
+        return [str(native)]
+    if xllamacpp_available():
+        return [sys.executable, "-m", XLLAMACPP_LAUNCHER]
+    return None
+
+
+def no_server_message() -> str:
+    """What to do when `llama_server_command()` finds nothing."""
+    return (
+        "No llama-server: `pip install xllamacpp` (or `make install`, whose dev extra has it; "
+        "the `serve` extra too) to use the server embedded in that wheel, or build the native "
+        f"binary once with `make serve-build` (about 25 minutes on two cores, cached under "
+        f"{install_dir()}), or set {SERVER_ENV}=/path/to/llama-server."
+    )
 
 
 def build_llama_server(
@@ -224,9 +266,11 @@ class LlamaServer:
         threads: CPU threads (default: half the logical CPUs, at least 1: llama.cpp's own
             default counts physical cores, and its threads wait for each other at every step,
             which stalls when other processes keep the cores busy).
-        binary: the llama-server to run (default: `find_llama_server()`).
+        binary: the llama-server to run (default: `llama_server_command()`: a native binary,
+            else xllamacpp's embedded server).
         log_file: where the server's output goes (default: discarded).
-        extra_args: more llama-server flags.
+        extra_args: more llama-server flags (a native binary only: xllamacpp's launcher
+            takes just the flags above).
 
     Example:
         >>> with LlamaServer(parallel=4) as server:                  # doctest: +SKIP
@@ -253,12 +297,18 @@ class LlamaServer:
                 f"parallel={parallel}, ctx_per_slot={ctx_per_slot}: expected parallel >= 1 and "
                 "ctx_per_slot >= 16, e.g. parallel=16, ctx_per_slot=2048."
             )
-        found = Path(binary) if binary else find_llama_server()
-        if found is None:
-            raise FileNotFoundError(
-                "No llama-server binary: build it once with `make serve-build` (about 25 minutes "
-                f"on two cores, cached under {install_dir()}), or set "
-                f"{SERVER_ENV}=/path/to/llama-server."
+        launcher = [str(binary)] if binary else llama_server_command()
+        if launcher is None:
+            raise FileNotFoundError(no_server_message())
+        self.uses_xllamacpp = launcher[1:] == ["-m", XLLAMACPP_LAUNCHER]
+        flags = [a.split("=")[0] for a in extra_args if a.lstrip("-")[:1].isalpha() and a[0] == "-"]
+        unsupported = [flag for flag in flags if flag not in XLLAMACPP_FLAGS]
+        if self.uses_xllamacpp and unsupported:
+            raise ValueError(
+                f"extra_args={list(extra_args)!r}: xllamacpp's server (used because no native "
+                f"llama-server was found) takes only {', '.join(XLLAMACPP_FLAGS)}; "
+                f"{', '.join(unsupported)} need the native binary (`make serve-build` or "
+                f"{SERVER_ENV})."
             )
         self.model = Path(model) if model is not None else embedded_gguf_file()
         if not self.model.is_file():
@@ -270,7 +320,7 @@ class LlamaServer:
         self.host, self.port = host, port or free_port(host)
         self.parallel = parallel
         self.command = [
-            str(found),
+            *launcher,
             *("--model", str(self.model), "--alias", self.alias),
             *("--host", host, "--port", str(self.port)),
             *("--parallel", str(parallel), "--ctx-size", str(parallel * ctx_per_slot)),

@@ -52,6 +52,13 @@ from bios_callbacks.renderers.qwen3 import (
     Qwen3Renderer,
 )
 from bios_callbacks.renderers.role_colon import RoleColonRenderer
+from bios_callbacks.renderers.streaming import (
+    MessageDelta,
+    StreamingMessageHeader,
+    StreamingTextDelta,
+    StreamingThinkingDelta,
+    Utf8TokenDecoder,
+)
 
 RendererFactory = Callable[[Any, Any], Renderer]
 """Builds a renderer from `(tokenizer, image_processor)`; image_processor may be None."""
@@ -157,6 +164,7 @@ __all__ = [
     "ContentPart",
     "ImagePart",
     "Message",
+    "MessageDelta",
     "ParseFailureKind",
     "ParseTermination",
     "RenderContext",
@@ -165,6 +173,9 @@ __all__ = [
     "RendererError",
     "RendererFactory",
     "Role",
+    "StreamingMessageHeader",
+    "StreamingTextDelta",
+    "StreamingThinkingDelta",
     "SupervisedExample",
     "TextPart",
     "ThinkingPart",
@@ -172,6 +183,7 @@ __all__ = [
     "ToolSpec",
     "TrainOnWhat",
     "UnparsedToolCall",
+    "Utf8TokenDecoder",
     "classify_parse_failure",
     "default_renderer_name",
     "detect_unterminated_tool_block",

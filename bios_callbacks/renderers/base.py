@@ -15,12 +15,20 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NotRequired, TypedDict
 
 from bios_callbacks.exceptions import RendererError
+from bios_callbacks.renderers.streaming import (
+    MessageDelta,
+    StreamingMessageHeader,
+    StreamingTextDelta,
+    StreamingThinkingDelta,
+    Utf8TokenDecoder,
+    _longest_matching_suffix_prefix,
+)
 from bios_callbacks.types import ModelInput
 
 if TYPE_CHECKING:
@@ -428,6 +436,7 @@ class Renderer(ABC):
     name: str = ""
     required_tokens: tuple[str, ...] = ()
     supports_tool_calls: bool = False
+    supports_streaming: bool = False  # whether parse_response_streaming works
     disables_thinking: bool = False
 
     # set by get_renderer
@@ -474,6 +483,13 @@ class Renderer(ABC):
         """The header that asks `role` to write next: an empty message's header."""
         header = self.render_message(Message(role=role, content=""), ctx).header
         return header.to_ints() if header else []
+
+    def parse_response_streaming(self, response: Iterable[int]) -> Iterator[MessageDelta]:
+        """Deltas of a reply as it is sampled, then its Message (formats that support it)."""
+        raise NotImplementedError(
+            f"Renderer {self.name!r} has no streaming parser; use parse_response, or a format "
+            "whose turns end in one token ('chatml', 'llama3', 'qwen3', ...)."
+        )
 
     def create_conversation_prefix_with_tools(
         self, tools: list[ToolSpec], system_prompt: str = ""
@@ -944,6 +960,9 @@ __all__ = [
     "Renderer",
     "RendererError",
     "Role",
+    "StreamingMessageHeader",
+    "StreamingTextDelta",
+    "StreamingThinkingDelta",
     "SupervisedExample",
     "TextPart",
     "ThinkingPart",
@@ -951,6 +970,8 @@ __all__ = [
     "ToolSpec",
     "TrainOnWhat",
     "UnparsedToolCall",
+    "Utf8TokenDecoder",
+    "_longest_matching_suffix_prefix",
     "check_messages",
     "classify_parse_failure",
     "detect_unterminated_tool_block",

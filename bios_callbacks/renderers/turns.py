@@ -6,11 +6,12 @@ trimmed and the preamble used when the tokenizer has no template; this holds the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from bios_callbacks.renderers.base import (
     Message,
+    MessageDelta,
     ParseTermination,
     Preamble,
     RenderContext,
@@ -18,6 +19,7 @@ from bios_callbacks.renderers.base import (
     Renderer,
     probe_preamble,
 )
+from bios_callbacks.renderers.streaming import stream_response
 from bios_callbacks.types import ModelInput
 
 
@@ -34,6 +36,7 @@ class TurnRenderer(Renderer):
     """
 
     end: str = ""
+    supports_streaming = True
     separator: str = ""
     strip_content: bool = False
     fallback_preamble: Preamble = Preamble()
@@ -104,3 +107,32 @@ class TurnRenderer(Renderer):
         if self.strip_content:
             message["content"] = message["content"].strip()
         return message, termination
+
+    def parse_response_streaming(self, response: Iterable[int]) -> Iterator[MessageDelta]:
+        """`parse_response` for a reply still being sampled: a `StreamingMessageHeader`, text
+        and thinking deltas as soon as they are safe to show, then the parsed `Message`.
+
+        `response` may be a list or an iterator a sampler is still filling; reading stops at
+        the end marker (or EOS). A reply cut off before it still ends in the Message its
+        text parses to. See `bios_callbacks.renderers.streaming`.
+
+        Example:
+            >>> for delta in renderer.parse_response_streaming(tokens):  # doctest: +SKIP
+            ...     print(delta)
+        """
+        eos = self.tokenizer.eos_token_id
+        return stream_response(
+            response,
+            tokenizer=self.tokenizer,
+            end_token=self._end_id,
+            parse_final=self._parse_streamed,
+            extra_end_tokens=() if eos is None else (eos,),
+        )
+
+    def _parse_streamed(self, tokens: list[int]) -> tuple[Message, ParseTermination]:
+        """`parse_response`, parsing a reply cut off before its end marker as if the marker
+        had come (thinking and tool calls split out), still reported MALFORMED."""
+        if tokens and tokens[-1] in (self._end_id, self.tokenizer.eos_token_id):
+            return self.parse_response(tokens)
+        message, _ = self.parse_response([*tokens, self._end_id])
+        return message, ParseTermination.MALFORMED

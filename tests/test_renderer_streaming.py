@@ -221,3 +221,27 @@ def test_longest_matching_suffix_prefix():
     assert _longest_matching_suffix_prefix("a <tx", "<think>") == 0
     assert _longest_matching_suffix_prefix("x</", "</think>") == 2
     assert _longest_matching_suffix_prefix("", "<think>") == 0
+
+
+@pytest.mark.parametrize("name", ["qwen3", "qwen3_instruct", "chatml"])
+def test_renderers_stream_their_replies_and_split_a_cut_off_one(qtok, name):
+    renderer = get_renderer(name, qtok)
+    assert renderer.supports_streaming
+    whole = _encode(qtok, "<think>\nsum\n</think>\n\n4<|im_end|>")
+    items = list(renderer.parse_response_streaming(whole))
+    assert items[-1] == renderer.parse_response(whole)[0]
+
+    cut_off = list(renderer.parse_response_streaming(_encode(qtok, "<think>\nsum\n</think>\n\n4")))
+    if name == "qwen3":  # the batch parse of a cut-off reply keeps the raw text; this splits it
+        assert cut_off[-1]["content"] == [
+            {"type": "thinking", "thinking": "sum"},
+            {"type": "text", "text": "4"},
+        ]
+    assert _joined(cut_off[1:-1]) == _joined(items[1:-1])
+
+
+def test_a_format_without_one_end_token_says_it_cannot_stream(tokenizer):
+    renderer = get_renderer("role_colon", tokenizer)
+    assert not renderer.supports_streaming
+    with pytest.raises(NotImplementedError, match="'role_colon' has no streaming parser"):
+        next(iter(renderer.parse_response_streaming([1, 2])))

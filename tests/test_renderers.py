@@ -8,6 +8,7 @@ example keeps the tokens sampling produces).
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import pytest
@@ -19,7 +20,7 @@ from bios_callbacks.model_info import (
     get_recommended_renderer_name,
     get_recommended_renderer_names,
 )
-from bios_callbacks.renderers import ParseTermination, TrainOnWhat
+from bios_callbacks.renderers import ParseTermination, Renderer, TrainOnWhat
 
 SYSTEM = {"role": "system", "content": "You answer in one word."}
 USER = {"role": "user", "content": "What is the capital of France?"}
@@ -364,11 +365,14 @@ def test_double_end_of_turn_is_an_error(tokenizer):
         renderer.parse_response(tokens)
 
 
-def test_parse_response_stops_at_the_callers_stop_strings(tokenizer):
-    renderer = renderers.get_renderer("chatml", tokenizer)
-    tokens = tokenizer.encode("Paris\nQuestion: next", add_special_tokens=False)
-    message, termination = renderer.parse_response(tokens, extra_stop=["\nQuestion:"])
-    assert (message["content"], termination) == ("Paris", "stop")
+@pytest.mark.parametrize(
+    "cls",
+    [c for c in vars(renderers).values() if isinstance(c, type) and issubclass(c, Renderer)],
+)
+def test_parse_response_takes_the_response_alone_as_in_tinker_cookbook(cls):
+    """Renderers ported from tinker-cookbook override `parse_response(self, response)`; ours
+    have that shape too, so nothing calls it with more."""
+    assert list(inspect.signature(cls.parse_response).parameters) == ["self", "response"]
 
 
 # -- llama3 ---------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from bios_callbacks.renderers.base import (
     ToolCall,
     ToolSpec,
     ensure_list,
+    find_first_stop,
     format_content_as_string,
     get_text_content,
 )
@@ -200,7 +201,7 @@ class InspectAPIFromBiosSampling(ModelAPI):
             prompt=prompt, num_samples=config.num_choices or 1, sampling_params=params
         )
         replies = [
-            self.renderer.parse_response(s.tokens, extra_stop=config.stop_seqs or [])[0]
+            self.renderer.parse_response(_closed_at_stop_seqs(self.renderer, s.tokens, config))[0]
             for s in response.sequences
         ]
         _validate_required_tool_choice(replies, tool_choice)
@@ -443,6 +444,21 @@ def _conversation_with_tool_declarations(
             f"Renderer {renderer.name!r} does not support Inspect AI tool-use evals: {e}"
         ) from e
     return prefix + rest
+
+
+def _closed_at_stop_seqs(
+    renderer: Renderer, tokens: list[int], config: GenerateConfig
+) -> list[int]:
+    """A reply that ended on one of the task's `stop_seqs`: its tokens before that string,
+    closed with the renderer's end-of-turn marker, so `parse_response` (tinker-cookbook's
+    one-argument form, which custom renderers implement) reads a finished turn."""
+    text = renderer.decode(tokens)
+    at = find_first_stop(text, config.stop_seqs or [])
+    if at is None:
+        return tokens
+    end = next(iter(renderer.get_stop_sequences()), None)
+    closing = [end] if isinstance(end, int) else renderer.encode_markup(end or "")
+    return renderer.encode_markup(text[:at]) + closing
 
 
 def _validate_required_tool_choice(replies: list[Message], tool_choice: ToolChoice) -> None:

@@ -464,9 +464,7 @@ class Renderer(ABC):
         """What ends an assistant turn: token ids if the marker is one token, else strings."""
 
     @abstractmethod
-    def parse_response(
-        self, response: Sequence[int], *, extra_stop: Sequence[str] = ()
-    ) -> tuple[Message, ParseTermination]:
+    def parse_response(self, response: Sequence[int]) -> tuple[Message, ParseTermination]:
         """The assistant message in sampled tokens, and how the sample ended."""
 
     @property
@@ -658,7 +656,7 @@ class Renderer(ABC):
     # -- parsing -----------------------------------------------------------------------------
 
     def _parse_until_stop_token(
-        self, response: Sequence[int], stop_id: int, extra_stop: Sequence[str]
+        self, response: Sequence[int], stop_id: int
     ) -> tuple[Message, ParseTermination]:
         """Splits a response at its end-of-turn token (else at EOS, else it was cut off).
 
@@ -679,18 +677,7 @@ class Renderer(ABC):
             if token == eos:
                 cut, termination = i, ParseTermination.EOS
                 break
-        text, termination = self._cut_at_strings(self.decode(ids[:cut]), extra_stop, termination)
-        return Message(role="assistant", content=text), termination
-
-    @staticmethod
-    def _cut_at_strings(
-        text: str, stops: Sequence[str], termination: ParseTermination
-    ) -> tuple[str, ParseTermination]:
-        """Text up to the first of `stops`; a hit means the sample ended on a stop string."""
-        hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-        if hits:
-            return text[: min(hits)], ParseTermination.STOP_SEQUENCE
-        return text, termination
+        return Message(role="assistant", content=self.decode(ids[:cut])), termination
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -852,6 +839,17 @@ def detect_unterminated_tool_block(
         raw_text=content[content.rfind(open_marker) :][:PARSE_FAILURE_DETAIL_MAX_CHARS],
         error=f"{UNTERMINATED_TOOL_BLOCK_ERROR}: '{open_marker}' without '{close_marker}'",
     )
+
+
+def find_first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the first of `stops` to occur in `text` begins, or None when none does.
+
+    Example:
+        >>> find_first_stop("Paris. Question: next", ["Answer:", " Question:"])
+        6
+    """
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None
 
 
 def tool_calls_text(calls: Sequence[ToolCall]) -> str:

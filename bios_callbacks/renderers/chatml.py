@@ -49,9 +49,7 @@ class ChatMLRenderer(TurnRenderer):
             text += ("\n" if text else "") + tool_calls_text(message["tool_calls"])
         return text
 
-    def parse_response(
-        self, response: Sequence[int], *, extra_stop: Sequence[str] = ()
-    ) -> tuple[Message, ParseTermination]:
+    def parse_response(self, response: Sequence[int]) -> tuple[Message, ParseTermination]:
         """As `TurnRenderer.parse_response`; `<tool_call>` blocks become `tool_calls`."""
-        message, termination = super().parse_response(response, extra_stop=extra_stop)
+        message, termination = super().parse_response(response)
         return split_tool_calls(message), termination

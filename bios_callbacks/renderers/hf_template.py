@@ -15,6 +15,7 @@ from bios_callbacks.renderers.base import (
     Renderer,
     RendererError,
     _Piece,
+    find_first_stop,
     render_template,
 )
 
@@ -170,17 +171,17 @@ class HFTemplateRenderer(Renderer):
         """The template's end-of-turn marker (e.g. `[id of <|im_end|>]`), else `[eos id]`."""
         return list(self._stop)
 
-    def parse_response(
-        self, response: Sequence[int], *, extra_stop: Sequence[str] = ()
-    ) -> tuple[Message, ParseTermination]:
+    def parse_response(self, response: Sequence[int]) -> tuple[Message, ParseTermination]:
         """The reply before the template's end marker (or EOS); MALFORMED if neither came."""
         stop = self._stop[0] if self._stop else None
         if isinstance(stop, int):
-            return self._parse_until_stop_token(response, stop, extra_stop)
+            return self._parse_until_stop_token(response, stop)
         eos = self.tokenizer.eos_token_id
         ids = [int(t) for t in response]
         ended = eos is not None and eos in ids
         text = self.decode(ids[: ids.index(eos)] if ended else ids)
         termination = ParseTermination.EOS if ended else ParseTermination.MALFORMED
-        text, termination = self._cut_at_strings(text, [*self._stop, *extra_stop], termination)
+        at = find_first_stop(text, self._stop)
+        if at is not None:
+            text, termination = text[:at], ParseTermination.STOP_SEQUENCE
         return Message(role="assistant", content=text), termination

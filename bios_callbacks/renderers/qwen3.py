@@ -147,13 +147,11 @@ class Qwen3Renderer(ChatMLRenderer):
             output=[ModelInput.from_ints([*content, self._end_id])],
         )
 
-    def parse_response(
-        self, response: Sequence[int], *, extra_stop: Sequence[str] = ()
-    ) -> tuple[Message, ParseTermination]:
+    def parse_response(self, response: Sequence[int]) -> tuple[Message, ParseTermination]:
         """The reply before `<|im_end|>`: `<think>` blocks become thinking parts,
         `<tool_call>` blocks `tool_calls` (or `unparsed_tool_calls`). A response that did not
         end cleanly comes back as its raw text."""
-        message, termination = self._parse_until_stop_token(response, self._end_id, extra_stop)
+        message, termination = self._parse_until_stop_token(response, self._end_id)
         if not termination.is_clean:
             return message, termination
         content = message["content"]

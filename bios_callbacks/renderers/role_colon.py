@@ -55,9 +55,7 @@ class RoleColonRenderer(Renderer):
         """`["\\n\\nUser:"]`: the reply ends where the next user turn would begin."""
         return [STOP]
 
-    def parse_response(
-        self, response: Sequence[int], *, extra_stop: Sequence[str] = ()
-    ) -> tuple[Message, ParseTermination]:
+    def parse_response(self, response: Sequence[int]) -> tuple[Message, ParseTermination]:
         """The reply before `\\n\\nUser:` (STOP_SEQUENCE), or before a final EOS (EOS).
 
         MALFORMED when neither ended it, when EOS follows `\\n\\nUser:`, or when the model
@@ -81,5 +79,4 @@ class RoleColonRenderer(Renderer):
         content = pieces[0].removeprefix(_BEFORE)
         if len(pieces) == 1:  # else the stop string took the newlines that follow content
             content = content.removesuffix(_AFTER)
-        content, termination = self._cut_at_strings(content, extra_stop, termination)
         return Message(role="assistant", content=content), termination

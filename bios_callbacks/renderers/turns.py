@@ -91,19 +91,16 @@ class TurnRenderer(Renderer):
         """`[id of the end-of-turn marker]`."""
         return [self._end_id]
 
-    def parse_response(
-        self, response: Sequence[int], *, extra_stop: Sequence[str] = ()
-    ) -> tuple[Message, ParseTermination]:
+    def parse_response(self, response: Sequence[int]) -> tuple[Message, ParseTermination]:
         """The reply before the end marker (or EOS); MALFORMED if neither came.
 
-        Content ends before the first of the caller's `extra_stop` strings too. Two end
-        markers are an error: the sampler should have stopped at the first.
+        Two end markers are an error: the sampler should have stopped at the first.
 
         Example:
             >>> renderer.parse_response(tokenizer.encode("Hello<|im_end|>"))  # doctest: +SKIP
             ({'role': 'assistant', 'content': 'Hello'}, <ParseTermination.STOP_SEQUENCE: 'stop'>)
         """
-        message, termination = self._parse_until_stop_token(response, self._end_id, extra_stop)
+        message, termination = self._parse_until_stop_token(response, self._end_id)
         if self.strip_content:
             message["content"] = message["content"].strip()
         return message, termination

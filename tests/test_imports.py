@@ -49,10 +49,14 @@ def test_help_imports_nothing_heavy(command):
     assert heavy_modules_after(code) == []
 
 
-def test_tinker_cookbook_evaluator_path_is_ours():
+def test_tinker_cookbook_evaluator_paths_are_ours():
+    import bios_callbacks.eval as package
     from bios_callbacks import evaluators
     from bios_callbacks.eval import evaluators as ported
 
     assert ported.SamplingClientEvaluator is evaluators.SamplingClientEvaluator
     assert ported.TrainingClientEvaluatorBuilder is evaluators.TrainingClientEvaluatorBuilder
+    for name in package.__all__:  # `from tinker_cookbook.eval import Evaluator, ...`
+        assert getattr(package, name) is getattr(evaluators, name)
     assert heavy_modules_after("import bios_callbacks.eval.evaluators") == []
+    assert heavy_modules_after("import bios_callbacks.eval") == []

@@ -6,5 +6,27 @@
   evaluator builder for `EvalCallback`.
 - `python -m bios_callbacks.eval.run_inspect_evals`: Inspect tasks on a saved checkpoint.
 
-Nothing heavy is imported here; import the submodule you need.
+The evaluator interfaces are importable from here too, as from `tinker_cookbook.eval`; nothing
+heavy is imported here (no torch, no Inspect), so import the submodule you need for the rest.
+
+Example:
+    >>> from bios_callbacks.eval import SamplingClientEvaluator, EvaluatorBuilder
 """
+
+from bios_callbacks.eval.evaluators import (
+    Evaluator,
+    EvaluatorBuilder,
+    SamplingClientEvaluator,
+    SamplingClientEvaluatorBuilder,
+    TrainingClientEvaluator,
+    TrainingClientEvaluatorBuilder,
+)
+
+__all__ = [
+    "Evaluator",
+    "EvaluatorBuilder",
+    "SamplingClientEvaluator",
+    "SamplingClientEvaluatorBuilder",
+    "TrainingClientEvaluator",
+    "TrainingClientEvaluatorBuilder",
+]

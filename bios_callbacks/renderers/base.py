@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -760,12 +761,14 @@ class Renderer(ABC):
         return result
 
     def _content_text(self, message: Message) -> str:
-        """A message's content as one text (thinking inlined), refusing tool calls when the
-        format has none."""
+        """A message's content as one text (thinking inlined). A format without tool calls
+        leaves a message's `tool_calls` out, as tinker-cookbook does, and warns."""
         if message.get("tool_calls") and not self.supports_tool_calls:
-            raise RendererError(
-                f"Renderer {self.name!r} has no tool-call format, but a message has tool_calls; "
-                "use 'qwen3', 'qwen3_instruct' or 'chatml' (Hermes-style calls)."
+            warnings.warn(
+                f"Renderer {self.name!r} has no tool-call format: a message's tool_calls are "
+                "left out of its tokens. Use 'qwen3', 'qwen3_instruct' or 'chatml' "
+                "(Hermes-style calls) to render them.",
+                stacklevel=2,
             )
         return _inline(message["content"])
 

@@ -11,8 +11,9 @@ HEADER_START, HEADER_END, EOT = "<|start_header_id|>", "<|end_header_id|>", "<|e
 
 class Llama3Renderer(TurnRenderer):
     """Llama 3 turns (content trimmed, as Meta's template does); BOS and any default system
-    block (Llama 3.1's knowledge-date lines) come from the tokenizer's template. No tool calls:
-    Llama 3's bare-JSON calls cannot be told apart from JSON answers.
+    block (Llama 3.1's knowledge-date lines) come from the tokenizer's template. No tool calls
+    (a message's are left out, with a warning): Llama 3's bare-JSON calls cannot be told apart
+    from JSON answers.
 
     Example:
         >>> r = Llama3Renderer(tokenizer)  # doctest: +SKIP

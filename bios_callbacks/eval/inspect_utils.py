@@ -452,8 +452,10 @@ def _closed_at_stop_seqs(
     """A reply that ended on one of the task's `stop_seqs`: its tokens before that string,
     closed with the renderer's end-of-turn marker, so `parse_response` (tinker-cookbook's
     one-argument form, which custom renderers implement) reads a finished turn."""
+    if not config.stop_seqs:
+        return tokens
     text = renderer.decode(tokens)
-    at = find_first_stop(text, config.stop_seqs or [])
+    at = find_first_stop(text, config.stop_seqs)
     if at is None:
         return tokens
     end = next(iter(renderer.get_stop_sequences()), None)

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,19 @@ async def _ask(client, prompts):
     seeded = await client.sample_async(prompts[0], 6, seeded_params)
     greedy = [r.sequences[0].tokens for r in responses]
     return greedy, [s.tokens for s in seeded.sequences]
+
+
+class Heartbeat:
+    """One short sample, then a pause long enough for a few progress lines to count it."""
+
+    name = "heartbeat"
+
+    async def __call__(self, client):
+        from bios_callbacks import types
+
+        await client.sample_async([1, 200, 300], 1, types.SamplingParams(max_tokens=2))
+        await asyncio.sleep(0.3)
+        return {"waited": 1.0}
 
 
 class Broken:
@@ -128,8 +142,9 @@ def single_process(tokenizer):
     return {"greedy": greedy, "seeded": seeded, "nll": nll}
 
 
-def _launch(out_dir: Path, strategy: str) -> None:
-    """Runs this file's 2-process script for `strategy`, bounded so a deadlock fails."""
+def _launch(out_dir: Path, strategy: str) -> str:
+    """Runs this file's 2-process script for `strategy`, bounded so a deadlock fails; returns
+    what it printed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     env.pop("LOCAL_RANK", None)
     done = subprocess.run(
@@ -141,13 +156,14 @@ def _launch(out_dir: Path, strategy: str) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_a_split_round_spreads_rows_over_ranks_matches_one_process_and_resumes(
     tmp_path, strategy, single_process
 ):
-    _launch(tmp_path, strategy)
+    printed = _launch(tmp_path, strategy)
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["metrics"] == ranks[1]["metrics"]  # every rank ends with rank 0's numbers
@@ -182,6 +198,10 @@ def test_a_split_round_spreads_rows_over_ranks_matches_one_process_and_resumes(
         assert "evaluator broke" in failures["broken"]
         assert "rank 1" in failures["poisoned"] and "InjectedFault" in failures["poisoned"]
         assert record["metrics"]["eval/gives_up/timed_out"] == 1.0
+
+    # A long round's progress lines count the samples the ranks have finished.
+    counts = [int(done) for done in re.findall(r"(\d+)/\d+ samples done", printed)]
+    assert counts and max(counts) > 0, printed[-2000:]
 
 
 def test_fsdp1_rounds_gather_the_roots_own_parameters_and_match_one_process(
@@ -309,8 +329,10 @@ def _run(out_dir: str, strategy_name: str) -> None:
                 Broken,
                 Poisoned,
                 GivesUp,
+                Heartbeat,
             ],
             eval_every=EVAL_EVERY,
+            progress_every_s=0.05,
         )
         trainer = pl.Trainer(
             accelerator="cpu",

@@ -27,6 +27,11 @@ class RoundConsole:
         self.base = clients.sampling_progress()
         self.where = f" {where}" if where else ""
 
+    def follow(self, clients: Any) -> None:
+        """Counts samples on `clients` from now on: those the round runs on (under split
+        rounds, rank 0's split clients rather than the callback's own)."""
+        self.clients, self.base = clients, clients.sampling_progress()
+
     def started(self, lists: Sequence[str]) -> None:
         if self.emit:
             count = len(self.pending)

@@ -431,6 +431,7 @@ class EvalCallback(Callback):
         start = time.perf_counter()
 
         def make_round(clients: LiveClients) -> Coroutine[Any, Any, RoundOutcome]:
+            console.follow(clients)
             return run_round(
                 slots,
                 clients,

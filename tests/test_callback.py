@@ -9,6 +9,7 @@ import math
 import random
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -18,6 +19,7 @@ from tiny import make_tiny_model
 from bios_callbacks.callback import EvalCallback
 from bios_callbacks.callback.results import read_records
 from bios_callbacks.evaluators import NLLEvaluator, SamplingClientEvaluator, TrainingClientEvaluator
+from bios_callbacks.training_client import TrainingClient
 
 HELD_OUT = [[1, 200, 300, 400, 500], [1, 600, 700, 800]]
 
@@ -324,6 +326,29 @@ def test_timed_out_generation_is_abandoned_and_flags_restored(tmp_path, tokenize
     assert [s for s, _ in tags["eval/gen/tokens"]] == [0, 1, 2]
 
 
+class LazyLM(TinyLM):
+    """Creates its model in configure_model, as Lightning suggests for large models: there is
+    no `model` yet when callbacks are set up."""
+
+    def __init__(self, tokenizer):
+        pl.LightningModule.__init__(self)
+        self.model, self.tokenizer, self.lr = None, tokenizer, 0.05
+
+    def configure_model(self):
+        if self.model is None:
+            self.model = make_tiny_model(self.tokenizer).train()
+
+
+def test_a_model_created_in_configure_model_is_evaluated(tmp_path, tokenizer, tiny_model):
+    callback = EvalCallback(evaluator_builders=[nll_builder()], eval_every=2)
+    trainer = make_trainer(tmp_path, [callback], max_steps=3)
+    trainer.fit(LazyLM(tokenizer), token_loader())
+    [(step, loss), *_] = scalars(trainer.log_dir)["eval/nll/loss"]
+    assert steps(trainer.log_dir, "eval/nll/loss") == [0, 2, 3]
+    expected = asyncio.run(NLLEvaluator(HELD_OUT)(TrainingClient(tiny_model)))["loss"]
+    assert (step, loss) == (0, pytest.approx(expected, rel=1e-5))  # the weights it made
+
+
 def test_deepspeed_is_refused_at_setup_naming_the_strategies_that_work():
     # DeepSpeed is not installed here (it needs a GPU): hand the callback a stand-in trainer
     # holding an uninitialized DeepSpeedStrategy, which is all the check looks at.
@@ -338,7 +363,9 @@ def test_deepspeed_is_refused_at_setup_naming_the_strategies_that_work():
 
 
 @pytest.mark.parametrize("problem", ["own clients", "async_infrequent"])
-def test_a_sharded_run_that_cannot_split_rounds_is_refused_at_setup(tiny_model, tokenizer, problem):
+def test_a_sharded_run_that_cannot_split_rounds_is_refused_before_training(
+    tiny_model, tokenizer, problem, tmp_path
+):
     from types import SimpleNamespace
 
     from lightning.pytorch.strategies import ModelParallelStrategy
@@ -350,7 +377,10 @@ def test_a_sharded_run_that_cannot_split_rounds_is_refused_at_setup(tiny_model, 
         infrequent_evaluator_builders=[lambda: NLLEvaluator([[1, 2, 3]])],
         async_infrequent=problem == "async_infrequent",
     )
-    trainer = SimpleNamespace(strategy=ModelParallelStrategy(), world_size=2)
+    trainer = SimpleNamespace(
+        strategy=ModelParallelStrategy(), world_size=2, log_dir=str(tmp_path), is_global_zero=False
+    )
+    callback.setup(trainer, module, "fit")
     expected = r"remove them" if problem == "own clients" else r"async_infrequent=False"
     with pytest.raises((TypeError, ValueError), match=expected):
-        callback.setup(trainer, module, "fit")
+        callback.on_fit_start(trainer, module)

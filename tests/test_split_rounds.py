@@ -307,9 +307,19 @@ def _run(out_dir: str, strategy_name: str) -> None:
     ModelRunner.prefill = poisoned_prefill
 
     class ShardedLM(TinyLM):
+        """Creates its model in configure_model and shards it there, as Lightning suggests
+        for models too large for one device."""
+
+        def __init__(self, tokenizer):
+            pl.LightningModule.__init__(self)
+            self.model, self.tokenizer, self.lr = None, tokenizer, 0.05
+
         def configure_model(self):
             from torch.distributed.fsdp import fully_shard
 
+            if self.model is not None:
+                return
+            self.model = make_tiny_model(self.tokenizer).train()
             for layer in self.model.model.layers:
                 fully_shard(layer)
             fully_shard(self.model)
@@ -319,7 +329,7 @@ def _run(out_dir: str, strategy_name: str) -> None:
     def fit(max_steps: int, ckpt_path: str | None = None) -> pl.Trainer:
         if strategy_name == "fsdp2":
             strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
-            module = ShardedLM(make_tiny_model(tokenizer), tokenizer)
+            module = ShardedLM(tokenizer)
         else:
             strategy, module = "ddp", TinyLM(make_tiny_model(tokenizer), tokenizer)
         callback = EvalCallback(

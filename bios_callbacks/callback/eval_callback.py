@@ -177,6 +177,7 @@ class EvalCallback(Callback):
         self._hook_failures: list[HookFailure] = []
         self._background: BackgroundRounds | None = None
         self._split: SplitRounds | None = None
+        self._sharded = False
 
     @property
     def state_key(self) -> str:
@@ -210,8 +211,18 @@ class EvalCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or not self._enabled():
             return
-        sharded = _sharded(trainer)
+        self._sharded = _sharded(trainer)  # refuses a strategy rounds cannot run under
         self._name_slots()
+        self._log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if trainer.is_global_zero:
+            self._results = ResultsFile(self._log_dir)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Checks the module and sets up its clients here, after `configure_model` (where a
+        module may create its `model`) and the strategy's wrapping or sharding."""
+        if not self._enabled():
+            return
+        sharded = self._sharded
         kinds = {client_kind(s.evaluator) for s in self._slots() if s.evaluator is not None}
         check_module(
             pl_module, needs_sampling="sampling" in kinds, needs_training="training" in kinds
@@ -226,9 +237,6 @@ class EvalCallback(Callback):
                 sharded=sharded,
                 sampling_options=self.sampling_options,
             )
-        self._log_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        if trainer.is_global_zero:
-            self._results = ResultsFile(self._log_dir)
         if self.async_infrequent and self.lists[1].enabled and self._background is None:
             check_snapshot_module(pl_module)
             self._background = BackgroundRounds(

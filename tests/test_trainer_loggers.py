@@ -55,6 +55,13 @@ def run(logger: str, tokenizer, capsys) -> tuple[Path, dict[str, dict[int, float
     return result.log_dir, by_key, capsys.readouterr().out
 
 
+def resume(logger: str) -> Path:
+    """Resumes `run(logger, ...)`'s run from its last checkpoint for two more steps."""
+    cfg = SFTConfig(logger=logger, resume_from=f"bios://with-{logger}/step_000002", **RUN)
+    cfg.steps = 4
+    return train(cfg).log_dir
+
+
 def test_csv_logger_writes_metrics_csv_in_the_run_directory(tokenizer, root, capsys):
     run_dir, results, out = run("csv", tokenizer, capsys)
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
@@ -99,6 +106,14 @@ def test_wandb_logger_writes_an_offline_run_in_the_run_directory(
     assert "view the logs: W&B project bios-callbacks (offline: wandb sync" in out
     assert (run_dir / "eval_results.jsonl").exists()
 
+    # Resumed, the run logs on to the same W&B run (offline: a second folder with its id).
+    assert resume("wandb") == run_dir
+    wandb.teardown()
+    first, second = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert first.name.rsplit("-", 1)[1] == second.name.rsplit("-", 1)[1]
+    rows = wandb_history(second)
+    assert [row["trainer/global_step"] for row in rows if "train/loss" in row] == [2, 3]
+
 
 def test_mlflow_logger_keeps_a_local_store_in_the_run_directory(
     tokenizer, root, capsys, monkeypatch
@@ -121,6 +136,13 @@ def test_mlflow_logger_keeps_a_local_store_in_the_run_directory(
     test_loss = {m.step: m.value for m in client.get_metric_history(run_id, "eval/test/loss")}
     assert test_loss == pytest.approx(results["eval/test/loss"]) and sorted(test_loss) == [0, 2]
     assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [0, 1]
+
+    # Resumed, the run logs on to the same MLflow run.
+    assert resume("mlflow") == run_dir
+    assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [run_id]
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
+    assert steps == [0, 1, 2, 3]
+    assert client.get_run(run_id).info.status == "FINISHED"
     # the run's own files stay in the run directory, not in the tracking store
     assert (run_dir / "eval_results.jsonl").exists()
     assert not list((run_dir / "mlruns").rglob("eval_results.jsonl"))

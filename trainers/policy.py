@@ -31,6 +31,7 @@ from trainers.checkpointing import (
     latest_results,
 )
 from trainers.config import TrainConfig
+from trainers.logger_runs import continued_run_id, remember_logged_run
 from trainers.quiet import quiet_training, quiet_warnings
 
 
@@ -165,6 +166,9 @@ def make_logger(cfg: TrainConfig) -> Logger:
 
     - `tensorboard`: event files in the run directory (`tensorboard --logdir <run dir>`).
     - `csv`: `metrics.csv` (and the evaluators' `transcripts.jsonl`) in the run directory.
+    A resumed run (`resume_from`) logs to the same W&B or MLflow run as the fit it continues
+    (`trainers.logger_runs`).
+
     - `wandb`: a W&B run named after the run, project `$WANDB_PROJECT` (default
       `bios-callbacks`), its files in `<run dir>/wandb/`; `WANDB_MODE=offline` needs no network
       (`wandb sync` uploads later).
@@ -183,7 +187,9 @@ def make_logger(cfg: TrainConfig) -> Logger:
 
         project = os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
         run_dir.mkdir(parents=True, exist_ok=True)  # W&B writes below it but does not create it
-        return WandbLogger(name=cfg.run_name, project=project, save_dir=str(run_dir))
+        return WandbLogger(
+            name=cfg.run_name, project=project, save_dir=str(run_dir), id=continued_run_id(cfg)
+        )
     if cfg.logger == "mlflow":
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -192,6 +198,7 @@ def make_logger(cfg: TrainConfig) -> Logger:
             experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT,
             run_name=cfg.run_name,
             tracking_uri=mlflow_tracking_uri(cfg),
+            run_id=continued_run_id(cfg),
         )
     if cfg.logger == "csv":
         return CSVLogger(save_dir=str(run_dir), name="", version="")
@@ -375,6 +382,7 @@ def fit(
             evaluator_builders=evaluator_builders,
         )
         try:
+            remember_logged_run(cfg, trainer.logger)
             trainer.fit(module, train_dataloaders=batches, ckpt_path=resume, weights_only=True)
         except SIGTERMException:
             print(f"Stopped by SIGTERM at step {trainer.global_step}.", file=sys.stderr, flush=True)

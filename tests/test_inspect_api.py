@@ -21,10 +21,21 @@ from inspect_ai.model import (
 )
 from inspect_ai.scorer import includes
 from inspect_ai.solver import generate
+from renderer_tokenizers import qwen3_tokenizer
 
 from bios_callbacks.eval.inspect_runner import preserved_terminal
-from bios_callbacks.eval.inspect_utils import InspectAPIFromBiosSampling, convert_inspect_messages
-from bios_callbacks.renderers import ChatMLRenderer, register_renderer, unregister_renderer
+from bios_callbacks.eval.inspect_utils import (
+    InspectAPIFromBiosSampling,
+    _closed_at_stop_seqs,
+    convert_inspect_messages,
+)
+from bios_callbacks.renderers import (
+    ChatMLRenderer,
+    get_renderer,
+    get_text_content,
+    register_renderer,
+    unregister_renderer,
+)
 from bios_callbacks.sampling.client import SamplingClient
 
 CAPITALS = {
@@ -176,6 +187,33 @@ def test_a_ported_renderer_parses_replies_cut_at_stop_seqs(tiny_model, tokenizer
     assert stopped.completion.startswith("[") and stopped.completion.endswith("]")
     assert word not in stopped.completion
     assert free.startswith(stopped.completion[:-1].rstrip())
+
+
+@pytest.mark.parametrize(
+    ("renderer_name", "reply", "ended", "stop", "content"),
+    [
+        ("chatml", "Paris", True, "end", "Paris"),  # only the end marker's own text holds it
+        ("chatml", "I print <|im_end|> here. Q: x", False, "Q:", "I print <|im_end|> here. "),
+        ("role_colon", " Paris\nQuestion: next", False, "\nQuestion:", "Paris"),
+        ("qwen3", "<think>\nhm\n</think>\n\nParis. Q: next", False, "Q:", "Paris. "),
+    ],
+    ids=["stop-in-the-end-marker", "marker-text-written", "string-marker", "qwen3-thinking"],
+)
+def test_stop_seqs_cut_a_reply_before_the_renderer_parses_it(
+    tokenizer, renderer_name, reply, ended, stop, content
+):
+    """How the bridge reads a sampled reply given the task's stop_seqs: its text before the
+    end marker is cut at the first stop string (marker text the model wrote stays text)."""
+    tok = qwen3_tokenizer(tokenizer) if renderer_name == "qwen3" else tokenizer
+    renderer = get_renderer(renderer_name, tok)
+    tokens = renderer.encode_text(reply) + (renderer.get_stop_sequences() if ended else [])
+    message, termination = renderer.parse_response(
+        _closed_at_stop_seqs(renderer, tok, tokens, [stop])
+    )
+    assert termination == "stop"
+    assert get_text_content(message) == content
+    if renderer_name == "qwen3":
+        assert message["content"][0] == {"type": "thinking", "thinking": "hm"}
 
 
 def test_logprobs_come_back_per_token(tiny_api):

@@ -416,11 +416,14 @@ def test_llama3_on_a_tokenizer_without_its_tokens_names_them(tokenizer):
         renderers.get_renderer("llama3", tokenizer)
 
 
-def test_llama3_leaves_tool_calls_out_and_names_formats_that_have_them(llama3_tok):
-    """As tinker-cookbook's llama3 does, but not silently."""
-    renderer = renderers.get_renderer("llama3", llama3_tok)
+@pytest.mark.parametrize("name", ["llama3", "role_colon"])
+def test_formats_without_tool_calls_leave_them_out_and_name_formats_that_have_them(
+    llama3_tok, name
+):
+    """As tinker-cookbook's llama3 and role_colon do, but not silently."""
+    renderer = renderers.get_renderer(name, llama3_tok)
     call = {"function": {"name": "f", "arguments": "{}"}}
-    with pytest.warns(UserWarning, match=r"'llama3' has no tool-call format.*'qwen3'"):
+    with pytest.warns(UserWarning, match=rf"'{name}' has no tool-call format.*'qwen3'"):
         prompt = renderer.build_generation_prompt([USER, {**REPLY, "tool_calls": [call]}])
     assert prompt == renderer.build_generation_prompt([USER, REPLY])
 

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -201,7 +202,9 @@ class InspectAPIFromBiosSampling(ModelAPI):
             prompt=prompt, num_samples=config.num_choices or 1, sampling_params=params
         )
         replies = [
-            self.renderer.parse_response(_closed_at_stop_seqs(self.renderer, s.tokens, config))[0]
+            self.renderer.parse_response(
+                _closed_at_stop_seqs(self.renderer, self.tokenizer, s.tokens, config.stop_seqs)
+            )[0]
             for s in response.sequences
         ]
         _validate_required_tool_choice(replies, tool_choice)
@@ -447,20 +450,32 @@ def _conversation_with_tool_declarations(
 
 
 def _closed_at_stop_seqs(
-    renderer: Renderer, tokens: list[int], config: GenerateConfig
+    renderer: Renderer, tokenizer: Any, tokens: list[int], stop_seqs: list[str] | None
 ) -> list[int]:
-    """A reply that ended on one of the task's `stop_seqs`: its tokens before that string,
-    closed with the renderer's end-of-turn marker, so `parse_response` (tinker-cookbook's
-    one-argument form, which custom renderers implement) reads a finished turn."""
-    if not config.stop_seqs:
+    """`tokens`; or, when one of the task's `stop_seqs` occurs in the reply before its end
+    (the renderer's end-of-turn marker, or EOS), the reply cut there and closed with that
+    marker, so that `parse_response` (tinker-cookbook's one-argument form, which ported
+    renderers implement) reads a finished turn. The kept text is encoded as plain text, so
+    marker text the model wrote stays text."""
+    if not stop_seqs:
         return tokens
-    text = renderer.decode(tokens)
-    at = find_first_stop(text, config.stop_seqs)
+    markers = list(renderer.get_stop_sequences())
+    ends = {m for m in markers if isinstance(m, int)} | {tokenizer.eos_token_id}
+    body = list(itertools.takewhile(lambda token: token not in ends, tokens))
+    text = tokenizer.decode(body, skip_special_tokens=False)
+    text = text[: find_first_stop(text, [m for m in markers if isinstance(m, str)])]
+    at = find_first_stop(text, stop_seqs)
     if at is None:
         return tokens
-    end = next(iter(renderer.get_stop_sequences()), None)
-    closing = [end] if isinstance(end, int) else renderer.encode_markup(end or "")
-    return renderer.encode_markup(text[:at]) + closing
+    end = markers[0] if markers else ""
+    if isinstance(end, int):
+        return [*_text_tokens(tokenizer, text[:at]), end]
+    return _text_tokens(tokenizer, text[:at] + end)  # one text: no space before the marker
+
+
+def _text_tokens(tokenizer: Any, text: str) -> list[int]:
+    """`text`'s tokens with special-token strings in it kept as plain text."""
+    return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
 
 
 def _validate_required_tool_choice(replies: list[Message], tool_choice: ToolChoice) -> None:

@@ -766,8 +766,8 @@ class Renderer(ABC):
         if message.get("tool_calls") and not self.supports_tool_calls:
             warnings.warn(
                 f"Renderer {self.name!r} has no tool-call format: a message's tool_calls are "
-                "left out of its tokens. Use 'qwen3', 'qwen3_instruct' or 'chatml' "
-                "(Hermes-style calls) to render them.",
+                "left out of its tokens. Use 'qwen3', 'qwen3_instruct', 'chatml' (Hermes-style "
+                "calls) or 'hf_template' (the model's own template) to render them.",
                 stacklevel=2,
             )
         return _inline(message["content"])

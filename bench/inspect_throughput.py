@@ -21,8 +21,9 @@ import statistics
 import sys
 import time
 
-# hf/ would otherwise ask the unreachable hub about "smollm2" and retry for about a minute;
-# huggingface_hub reads this when it is first imported.
+# hf/ loads the local embedded cache, yet would ask the unreachable hub about "smollm2" and
+# retry for about a minute; huggingface_hub reads this when first imported (HF_HUB_OFFLINE=0
+# in the environment overrides it).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from inspect_ai import Task, eval

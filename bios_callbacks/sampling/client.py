@@ -61,10 +61,10 @@ class SamplingClient:
             max_batch_size: most sequences decoding at once.
             max_cache_tokens: bound on sequences x cached positions (KV-cache memory).
             compute_dtype: decode under autocast to this dtype, a torch dtype or its name
-                ("bfloat16", "float16", "float32"), e.g. `torch.bfloat16` (about 1.6x faster
-                on CPUs with AVX512-BF16 or AMX, and on GPUs); the module's own weights are not
-                changed. None (default) computes in the weights' dtype. Another name is a
-                ValueError.
+                ("bfloat16", "float16", "float32"), e.g. `torch.bfloat16`; the module's own
+                weights are not changed, so each product converts them (on the CPUs measured,
+                0.3-0.9x of float32; the README's Performance section). None (default)
+                computes in the weights' dtype. Another name is a ValueError.
             prefix_caching: prefill a prompt prefix that recent requests share (a system
                 prompt, few-shot examples) once instead of per request. Results are the same
                 up to float rounding; turn it off to make each prompt's prefill independent.

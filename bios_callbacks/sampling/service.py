@@ -28,9 +28,9 @@ class ServiceClient:
         max_batch_size: most sequences a client decodes at once (32); with `base_url`, most
             samples in flight (default: the server's parallel slots where it says, else 32).
         max_cache_tokens: bound on sequences x cached positions (KV-cache memory); local only.
-        dtype: the weights' dtype, "float32" (default, exact) or "bfloat16" (about 1.8x faster
-            decoding on CPUs with AVX512-BF16 or AMX, and on GPUs; results differ slightly);
-            local only.
+        dtype: the weights' dtype, "float32" (default, exact) or "bfloat16" (results differ
+            slightly; decoding measured 1.2-1.7x faster on CPUs with AVX512-BF16 or AMX, 0.3x
+            on AVX2-only CPUs); local only.
         timeout_s: with `base_url`, the longest wait to connect or for the next token.
 
     Example:

@@ -38,7 +38,9 @@ def test_documented_modules_import_without_torch(module):
     assert heavy_modules_after(f"import {module}") == []
 
 
-@pytest.mark.parametrize("command", ["bios_callbacks.eval.run_inspect_evals"])
+@pytest.mark.parametrize(
+    "command", ["bios_callbacks.eval.run_inspect_evals", "trainers.sft", "trainers.rl"]
+)
 def test_help_imports_nothing_heavy(command):
     code = (
         "import runpy, sys, contextlib, io\n"

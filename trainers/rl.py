@@ -28,6 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trainers.cli import exit_on_bad_words, run_cli
+from trainers.config import RLConfig
+
+if __name__ == "__main__":  # --help and bad words are answered before torch and Lightning load
+    exit_on_bad_words(RLConfig, sys.argv[1:], __doc__)
+
 import lightning as L
 import torch
 
@@ -35,8 +41,6 @@ from bios_callbacks.models.token_logprobs import ShiftedBatch, token_logprobs
 from bios_callbacks.models.tokens import pad_token_id
 from bios_callbacks.renderers import get_text_content
 from trainers import data
-from trainers.cli import run_cli
-from trainers.config import RLConfig
 from trainers.policy import (
     PolicyModule,
     TrainResult,

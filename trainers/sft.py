@@ -27,6 +27,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from trainers.cli import exit_on_bad_words, run_cli
+from trainers.config import SFTConfig
+
+if __name__ == "__main__":  # --help and bad words are answered before torch and Lightning load
+    exit_on_bad_words(SFTConfig, sys.argv[1:], __doc__)
+
 import lightning as L
 import torch
 
@@ -35,8 +41,6 @@ from bios_callbacks.models.token_logprobs import token_logprobs
 from bios_callbacks.models.tokens import pad_token_id
 from bios_callbacks.renderers import TrainOnWhat
 from trainers import data
-from trainers.cli import run_cli
-from trainers.config import SFTConfig
 from trainers.policy import (
     PolicyModule,
     TrainResult,

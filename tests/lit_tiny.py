@@ -6,6 +6,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny import make_tiny_model
 from torch.utils.data import DataLoader
 
 
@@ -24,6 +25,19 @@ class TinyLM(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.model.parameters(), lr=self.lr)
+
+
+class LazyTinyLM(TinyLM):
+    """A TinyLM that creates its model (the tiny one, seed 0) in `configure_model`, as Lightning
+    suggests for large models: callbacks are set up before it exists."""
+
+    def __init__(self, tokenizer, lr: float = 0.05):
+        pl.LightningModule.__init__(self)
+        self.model, self.tokenizer, self.lr = None, tokenizer, lr
+
+    def configure_model(self):
+        if self.model is None:
+            self.model = make_tiny_model(self.tokenizer).train()
 
 
 def token_loader(num: int = 16, length: int = 12, batch_size: int = 2, seed: int = 0):

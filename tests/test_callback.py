@@ -9,11 +9,10 @@ import math
 import random
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lit_tiny import TinyLM, make_trainer, scalars, steps, token_loader
+from lit_tiny import LazyTinyLM, TinyLM, make_trainer, scalars, steps, token_loader
 from tiny import make_tiny_model
 
 from bios_callbacks.callback import EvalCallback
@@ -326,23 +325,10 @@ def test_timed_out_generation_is_abandoned_and_flags_restored(tmp_path, tokenize
     assert [s for s, _ in tags["eval/gen/tokens"]] == [0, 1, 2]
 
 
-class LazyLM(TinyLM):
-    """Creates its model in configure_model, as Lightning suggests for large models: there is
-    no `model` yet when callbacks are set up."""
-
-    def __init__(self, tokenizer):
-        pl.LightningModule.__init__(self)
-        self.model, self.tokenizer, self.lr = None, tokenizer, 0.05
-
-    def configure_model(self):
-        if self.model is None:
-            self.model = make_tiny_model(self.tokenizer).train()
-
-
 def test_a_model_created_in_configure_model_is_evaluated(tmp_path, tokenizer, tiny_model):
     callback = EvalCallback(evaluator_builders=[nll_builder()], eval_every=2)
     trainer = make_trainer(tmp_path, [callback], max_steps=3)
-    trainer.fit(LazyLM(tokenizer), token_loader())
+    trainer.fit(LazyTinyLM(tokenizer), token_loader())
     [(step, loss), *_] = scalars(trainer.log_dir)["eval/nll/loss"]
     assert steps(trainer.log_dir, "eval/nll/loss") == [0, 2, 3]
     expected = asyncio.run(NLLEvaluator(HELD_OUT)(TrainingClient(tiny_model)))["loss"]

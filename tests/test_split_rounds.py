@@ -284,7 +284,7 @@ def _run(out_dir: str, strategy_name: str) -> None:
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.strategies import ModelParallelStrategy
-    from lit_tiny import TinyLM, token_loader
+    from lit_tiny import LazyTinyLM, TinyLM, token_loader
     from tiny import make_tiny_model
 
     from bios_callbacks.callback import EvalCallback
@@ -306,20 +306,16 @@ def _run(out_dir: str, strategy_name: str) -> None:
 
     ModelRunner.prefill = poisoned_prefill
 
-    class ShardedLM(TinyLM):
+    class ShardedLM(LazyTinyLM):
         """Creates its model in configure_model and shards it there, as Lightning suggests
         for models too large for one device."""
-
-        def __init__(self, tokenizer):
-            pl.LightningModule.__init__(self)
-            self.model, self.tokenizer, self.lr = None, tokenizer, 0.05
 
         def configure_model(self):
             from torch.distributed.fsdp import fully_shard
 
             if self.model is not None:
                 return
-            self.model = make_tiny_model(self.tokenizer).train()
+            super().configure_model()
             for layer in self.model.model.layers:
                 fully_shard(layer)
             fully_shard(self.model)

@@ -57,9 +57,8 @@ def run(logger: str, tokenizer, capsys) -> tuple[Path, dict[str, dict[int, float
 
 def resume(logger: str) -> Path:
     """Resumes `run(logger, ...)`'s run from its last checkpoint for two more steps."""
-    cfg = SFTConfig(logger=logger, resume_from=f"bios://with-{logger}/step_000002", **RUN)
-    cfg.steps = 4
-    return train(cfg).log_dir
+    resume_from = f"bios://with-{logger}/step_000002"
+    return train(SFTConfig(logger=logger, resume_from=resume_from, **{**RUN, "steps": 4})).log_dir
 
 
 def test_csv_logger_writes_metrics_csv_in_the_run_directory(tokenizer, root, capsys):

@@ -166,9 +166,6 @@ def make_logger(cfg: TrainConfig) -> Logger:
 
     - `tensorboard`: event files in the run directory (`tensorboard --logdir <run dir>`).
     - `csv`: `metrics.csv` (and the evaluators' `transcripts.jsonl`) in the run directory.
-    A resumed run (`resume_from`) logs to the same W&B or MLflow run as the fit it continues
-    (`trainers.logger_runs`).
-
     - `wandb`: a W&B run named after the run, project `$WANDB_PROJECT` (default
       `bios-callbacks`), its files in `<run dir>/wandb/`; `WANDB_MODE=offline` needs no network
       (`wandb sync` uploads later).
@@ -176,6 +173,9 @@ def make_logger(cfg: TrainConfig) -> Logger:
       (default `bios-callbacks`) at `$MLFLOW_TRACKING_URI`, by default a local file store in
       `<run dir>/mlruns` that needs no server (MLflow 3 asks for `MLFLOW_ALLOW_FILE_STORE=true`
       to use one: it is set for this process unless already set).
+
+    A run resumed with `resume_from` logs to the same W&B or MLflow run as the fit it continues
+    (`trainers.logger_runs`).
 
     Example:
         >>> make_logger(SFTConfig(train_data="train.jsonl", logger="csv"))  # doctest: +SKIP

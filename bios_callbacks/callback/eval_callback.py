@@ -177,7 +177,6 @@ class EvalCallback(Callback):
         self._hook_failures: list[HookFailure] = []
         self._background: BackgroundRounds | None = None
         self._split: SplitRounds | None = None
-        self._sharded = False
 
     @property
     def state_key(self) -> str:
@@ -211,7 +210,7 @@ class EvalCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or not self._enabled():
             return
-        self._sharded = _sharded(trainer)  # refuses a strategy rounds cannot run under
+        _sharded(trainer)  # refuses a strategy rounds cannot run under before anything starts
         self._name_slots()
         self._log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero:
@@ -222,7 +221,7 @@ class EvalCallback(Callback):
         module may create its `model`) and the strategy's wrapping or sharding."""
         if not self._enabled():
             return
-        sharded = self._sharded
+        sharded = _sharded(trainer)
         kinds = {client_kind(s.evaluator) for s in self._slots() if s.evaluator is not None}
         check_module(
             pl_module, needs_sampling="sampling" in kinds, needs_training="training" in kinds

@@ -13,20 +13,5 @@ Example:
     >>> from bios_callbacks.eval import SamplingClientEvaluator, EvaluatorBuilder
 """
 
-from bios_callbacks.eval.evaluators import (
-    Evaluator,
-    EvaluatorBuilder,
-    SamplingClientEvaluator,
-    SamplingClientEvaluatorBuilder,
-    TrainingClientEvaluator,
-    TrainingClientEvaluatorBuilder,
-)
-
-__all__ = [
-    "Evaluator",
-    "EvaluatorBuilder",
-    "SamplingClientEvaluator",
-    "SamplingClientEvaluatorBuilder",
-    "TrainingClientEvaluator",
-    "TrainingClientEvaluatorBuilder",
-]
+from bios_callbacks.eval.evaluators import *  # noqa: F403 (the names listed in its __all__)
+from bios_callbacks.eval.evaluators import __all__ as __all__

@@ -37,16 +37,23 @@ def flops_per_token(model: torch.nn.Module) -> int:
 
 
 def step_breakdown(
-    model: torch.nn.Module, tokenizer, prompts: list[list[int]], *, packed: bool, steps: int = 8
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: list[list[int]],
+    *,
+    packed: bool,
+    lean: bool,
+    steps: int = 8,
 ) -> dict[str, float]:
-    """Milliseconds per decode step of all `prompts` as one batch (greedy), by kind of work.
+    """Milliseconds per decode step of all `prompts` as one batch (greedy), by kind of work,
+    with packed weights or not, and with the engine's own decode loop or transformers' forward.
 
     Keys: `step`, `matmul`, `attention`, `choose tokens, stop checks` (the runner's token
     choice), `cache and mask copies`, `other` (norms, RoPE, activations, Python), and
     `live columns` (the share of attention columns that are not padding, in [0, 1]).
     """
     runner = ModelRunner(model, tokenizer, compute_dtype=None, prefix_caching=False)
-    runner.pack_weights = packed
+    runner.pack_weights, runner.lean_decode = packed, lean
     params = types.SamplingParams(max_tokens=steps + 8, temperature=0.0)
     parts = [(Request(p, 1, params, max_new_tokens=steps + 8), range(1)) for p in prompts]
     with runner.serving():
@@ -69,24 +76,35 @@ def step_breakdown(
     return {"step": step, **parts_ms, "other": step - sum(parts_ms.values()), "live columns": live}
 
 
+CONFIGURATIONS = {
+    "plain, transformers": {"packed": False, "lean": False},
+    "packed, transformers": {"packed": True, "lean": False},
+    "packed, own loop": {"packed": True, "lean": True},
+}
+"""Columns of the breakdown: weights (plain or packed) and forward (transformers' or the
+engine's own decode loop, `sampling/decode_forward.py`); the last is the engine's default."""
+
+
 def print_breakdown(model, tokenizer, prompts: list[list[int]], peak: float) -> None:
-    """Prints the breakdown of a step with plain and with packed weights, side by side."""
+    """Prints the breakdown of a step in each of `CONFIGURATIONS`, side by side."""
     flops = flops_per_token(model) * len(prompts)
     runs = {
-        packed: step_breakdown(model, tokenizer, prompts, packed=packed) for packed in (False, True)
+        name: step_breakdown(model, tokenizer, prompts, **options)
+        for name, options in CONFIGURATIONS.items()
     }
     print(f"\none decode step of {len(prompts)} rows, ms (share of the step):")
-    print(f"| {'part':<28} | plain weights   | packed weights  |")
-    print(f"|{'-' * 30}|-----------------|-----------------|")
-    for key in runs[False]:
+    print(f"| {'part':<28} | " + " | ".join(f"{name:<20}" for name in runs) + " |")
+    print(f"|{'-' * 30}|" + "|".join("-" * 22 for _ in runs) + "|")
+    for key in runs["packed, own loop"]:
         if key == "live columns":
             continue
         cells = [f"{r[key]:6.1f} ({r[key] / r['step']:4.0%})" for r in runs.values()]
-        print(f"| {key:<28} | {cells[0]:<15} | {cells[1]:<15} |")
-    fractions = [flops / (r["step"] / 1e3) / peak for r in runs.values()]
+        print(f"| {key:<28} | " + " | ".join(f"{cell:<20}" for cell in cells) + " |")
+    fractions = [f"{flops / (r['step'] / 1e3) / peak:<20.0%}" for r in runs.values()]
+    live = runs["packed, own loop"]["live columns"]
     print(
-        f"| {'% of matmul peak':<28} | {fractions[0]:<15.0%} | {fractions[1]:<15.0%} |\n"
-        f"attention columns that are live (not padding): {runs[True]['live columns']:.0%}"
+        f"| {'% of matmul peak':<28} | " + " | ".join(fractions) + " |\n"
+        f"attention columns that are live (not padding): {live:.0%}"
     )
 
 

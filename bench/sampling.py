@@ -11,8 +11,10 @@ Two workloads:
 The equal workload also runs transformers' own continuous batching (`generate_batch`), which
 this library does not use because it is slower than the padded call on these CPUs.
 
-The headline runs (32 concurrent requests) run alternately with packed weights (the default
-on CPU, `sampling/packed_linear.py`), with plain weights, and as one padded `generate` call.
+The headline runs (32 concurrent requests) run alternately as the engine runs by default (on
+CPU: packed weights, `sampling/packed_linear.py`, and its own decode loop,
+`sampling/decode_forward.py`), with transformers' forward on packed weights, with plain weights
+and transformers' forward, and as one padded `generate` call.
 Every configuration also shows the share of the fp32 matmul peak it reaches (the best 1024^3
 matmul measured so far in this run; FLOPs counted over the linear layers). A per-step
 breakdown of a 32-row decode step follows (`bench/decode_step.py`).
@@ -189,11 +191,15 @@ def main() -> None:
     peak = matmul_peak()
     token_flops = flops_per_token(model)
     clients = {}
-    for packed in (True, False):
+    for name, packed, lean in (
+        ("default", True, True),
+        ("transformers", True, False),
+        ("plain", False, False),
+    ):
         engine = DecodeEngine(model, tokenizer, max_batch_size=args.prompts)
-        engine.runner.pack_weights = packed
-        clients[packed] = SamplingClient(engine)
-    client = clients[True]
+        engine.runner.pack_weights, engine.runner.lean_decode = packed, lean
+        clients[name] = SamplingClient(engine)
+    client = clients["default"]
     batch = prompts(tokenizer, args.prompts)
     for warm in clients.values():
         run_concurrent(warm, batch[:2], [4, 4])  # warm-up
@@ -223,13 +229,15 @@ def main() -> None:
                 )
             )
         # The headline runs alternate, `repeats` times each; each keeps its median run.
-        ours, plain, padded = [], [], []
+        runs: dict[str, list[tuple[int, float]]] = {name: [] for name in clients}
+        padded = []
         for _ in range(args.repeats):
-            ours.append(run_concurrent(client, batch, limits))
-            plain.append(run_concurrent(clients[False], batch, limits))
+            for name, each in clients.items():
+                runs[name].append(run_concurrent(each, batch, limits))
             padded.append(run_static(model, tokenizer, batch, limits))
-        rows.append((f"concurrent x{len(batch)}", _median_run(ours)))
-        rows.append((f"  plain weights x{len(batch)}", _median_run(plain)))
+        rows.append((f"concurrent x{len(batch)}", _median_run(runs["default"])))
+        rows.append((f"  transformers' forward x{len(batch)}", _median_run(runs["transformers"])))
+        rows.append((f"  plain weights x{len(batch)}", _median_run(runs["plain"])))
         rows.append((f"padded generate x{len(batch)}", _median_run(padded)))
         rate = {name: tokens / seconds for name, (tokens, seconds) in rows}
         base, static = rate[rows[0][0]], rate[rows[-1][0]]
@@ -237,12 +245,12 @@ def main() -> None:
         print(f"\n{workload} lengths ({'x'.join(map(str, sorted(set(limits))))} new tokens)")
         print(f"matmul peak so far {peak / 1e9:.0f} GFLOP/s")
         print(
-            f"| {'run':<24} | tokens | seconds | tokens/s | % of peak | vs sequential | vs padded |"
+            f"| {'run':<28} | tokens | seconds | tokens/s | % of peak | vs sequential | vs padded |"
         )
-        print(f"|{'-' * 26}|--------|---------|----------|-----------|---------------|-----------|")
+        print(f"|{'-' * 30}|--------|---------|----------|-----------|---------------|-----------|")
         for name, (tokens, seconds) in rows:
             print(
-                f"| {name:<24} | {tokens:6d} | {seconds:7.1f} | {rate[name]:8.1f} "
+                f"| {name:<28} | {tokens:6d} | {seconds:7.1f} | {rate[name]:8.1f} "
                 f"| {rate[name] * token_flops / peak:9.0%} "
                 f"| {rate[name] / base:12.2f}x | {rate[name] / static:8.2f}x |"
             )

@@ -31,9 +31,9 @@ class SharedBlocks:
     @contextmanager
     def block(
         self, obj: object, setup: Callable[[], T], teardown: Callable[[T], None]
-    ) -> Iterator[None]:
+    ) -> Iterator[T]:
         """Runs `setup()` if no block is open on `obj`, and `teardown(its result)` when the
-        last open one ends."""
+        last open one ends; every block gets that result."""
         key = id(obj)
         with self._lock:
             inside, state = self._open.get(key, (0, None))
@@ -41,7 +41,7 @@ class SharedBlocks:
                 state = setup()
             self._open[key] = (inside + 1, state)
         try:
-            yield
+            yield state
         finally:
             with self._lock:
                 inside, state = self._open.pop(key)

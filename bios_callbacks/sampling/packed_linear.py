@@ -4,10 +4,13 @@ A decode step multiplies a few dozen rows by every weight matrix. On these 2-cor
 plain `sgemm` reaches 50-90 GFLOP/s on such skinny products (about 50 on the 49k-row output
 embedding) of a ~150 GFLOP/s peak; oneDNN, with each weight reordered once into its blocked
 layout, reaches about 110 (`bench/decode_step.py` prints a step with both).
-`packed_linears(model)` lets the model's `nn.Linear` layers use packed copies while the block
-runs: each weight is packed on first use (0.4 s for SmolLM2-135M's 134M weights), repacked if it
-changes (its version counter moves), and the copies are freed when the block ends, so a live
-training model costs one extra copy of its linear weights only while it is sampling.
+
+`WeightPacks` holds the packed copies: each is made on first use (0.4 s for SmolLM2-135M's 134M
+weights), remade if a weight changes (its version counter moves), and freed with the packs, so
+a live training model costs one extra copy of its linear weights only while it is sampling.
+Layers that share an input can be packed side by side and run as one product (the engine's own
+decode loop, `decode_forward`, does that for q/k/v and gate/up). `packed_linears(model)` instead
+lets a model's own `nn.Linear` layers use packed copies while a block runs.
 
 Only float32 weights on CPU qualify (oneDNN's bf16 path needs AVX-512 or AVX-NE-CONVERT).
 Only decode-sized products (`DECODE_ROWS`) from batches of 2+ sequences use the packs; a batch
@@ -28,7 +31,54 @@ DECODE_ROWS = (8, 256)
 """Products with this many input rows use the packed weights. Below, oneDNN's per-call cost
 shows; above (a prefill), MKL's `sgemm` is faster (115-170 vs 95-140 GFLOP/s at 1344 rows)."""
 
-_blocks = SharedBlocks()  # the layers patched while blocks run on a model
+_patched_blocks = SharedBlocks()  # the layers patched while blocks run on a model
+_pack_blocks = SharedBlocks()  # the packs shared by the blocks open on a model
+
+
+class WeightPacks:
+    """Packed copies of linear layers' weights, made on first use and remade when they change.
+
+    Example:
+        >>> layers = (torch.nn.Linear(4, 3), torch.nn.Linear(4, 2))
+        >>> x = torch.randn(8, 4)
+        >>> with torch.no_grad():
+        ...     out = WeightPacks().linear(x, layers)
+        ...     expected = torch.cat([layer(x) for layer in layers], dim=-1)
+        >>> out.shape, bool(torch.allclose(out, expected, atol=1e-6))
+        (torch.Size([8, 5]), True)
+    """
+
+    def __init__(self) -> None:
+        self._packs: dict[tuple[torch.nn.Linear, ...], tuple[tuple, torch.Tensor, object]] = {}
+
+    def linear(self, x: torch.Tensor, layers: tuple[torch.nn.Linear, ...]) -> torch.Tensor:
+        """`x` through `layers` side by side: their outputs concatenated on the last dim."""
+        tensors = [t for layer in layers for t in (layer.weight, layer.bias) if t is not None]
+        version = tuple((t.data_ptr(), t._version) for t in tensors)
+        entry = self._packs.get(layers)
+        if entry is None or entry[0] != version:
+            entry = (version, *_pack(layers))
+            self._packs[layers] = entry
+        return torch.ops.mkldnn._linear_pointwise(x, entry[1], entry[2], "none", [], "")
+
+
+def packing_available() -> bool:
+    """Whether this torch build has oneDNN's packed linear op."""
+    mkldnn = torch.ops.mkldnn
+    return torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_linear_pointwise")
+
+
+def packable(rows: int, sequences: int) -> bool:
+    """Whether a product of `rows` input rows from `sequences` sequences runs faster packed."""
+    return sequences > 1 and DECODE_ROWS[0] <= rows <= DECODE_ROWS[1]
+
+
+@contextlib.contextmanager
+def shared_packs(model: torch.nn.Module) -> Iterator[WeightPacks]:
+    """One `WeightPacks` for `model`, shared by the blocks open on it at once (two clients
+    over one model), freed when the last ends."""
+    with _pack_blocks.block(model, WeightPacks, lambda packs: None) as packs:
+        yield packs
 
 
 @contextlib.contextmanager
@@ -40,10 +90,10 @@ def packed_linears(model: torch.nn.Module) -> Iterator[None]:
     """
 
     def patch() -> list[torch.nn.Linear]:
-        if not _available():
+        if not packing_available():
             return []
         patched = [m for m in model.modules() if _qualifies(m)]
-        packs: dict[torch.nn.Linear, tuple[tuple[int, int], torch.Tensor]] = {}
+        packs = WeightPacks()
         for module in patched:
             module.forward = _packed_forward(module, packs)
         return patched
@@ -52,13 +102,25 @@ def packed_linears(model: torch.nn.Module) -> Iterator[None]:
         for module in patched:
             del module.forward  # back to the class's forward
 
-    with _blocks.block(model, patch, restore):
+    with _patched_blocks.block(model, patch, restore):
         yield
 
 
-def _available() -> bool:
-    mkldnn = torch.ops.mkldnn
-    return torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_linear_pointwise")
+def _pack(layers: tuple[torch.nn.Linear, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    weights = [layer.weight.detach() for layer in layers]
+    weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+    if all(layer.bias is None for layer in layers):
+        bias = None
+    elif len(layers) == 1:
+        bias = layers[0].bias.detach()
+    else:
+        bias = torch.cat(
+            [
+                layer.bias.detach() if layer.bias is not None else w.new_zeros(w.shape[0])
+                for layer, w in zip(layers, weights, strict=True)
+            ]
+        )
+    return torch.ops.mkldnn._reorder_linear_weight(weight), bias
 
 
 def _qualifies(module: torch.nn.Module) -> bool:
@@ -69,25 +131,19 @@ def _qualifies(module: torch.nn.Module) -> bool:
 
 
 def _packed_forward(
-    module: torch.nn.Linear, packs: dict[torch.nn.Linear, tuple[tuple[int, int], torch.Tensor]]
+    module: torch.nn.Linear, packs: WeightPacks
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     plain = torch.nn.Linear.forward.__get__(module)
+    layers = (module,)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        weight = module.weight
         if (
-            x.shape[0] == 1  # one sequence: the plain layer is as fast, and needs no packing
-            or not DECODE_ROWS[0] <= x.numel() // x.shape[-1] <= DECODE_ROWS[1]
-            or x.dtype != weight.dtype
+            not packable(x.numel() // x.shape[-1], x.shape[0])
+            or x.dtype != module.weight.dtype
             or torch.is_grad_enabled()
             or torch.is_autocast_enabled("cpu")
         ):
             return plain(x)
-        version = (weight.data_ptr(), weight._version)
-        entry = packs.get(module)
-        if entry is None or entry[0] != version:
-            entry = (version, torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
-            packs[module] = entry
-        return torch.ops.mkldnn._linear_pointwise(x, entry[1], module.bias, "none", [], "")
+        return packs.linear(x, layers)
 
     return forward

@@ -15,6 +15,7 @@ from torch.profiler import record_function
 
 from bios_callbacks.models.tokens import pad_token_id
 from bios_callbacks.models.train_flags import evaluation_mode
+from bios_callbacks.sampling.decode_forward import DecodeForward
 from bios_callbacks.sampling.kv_cache import BatchCache
 from bios_callbacks.sampling.packed_linear import packed_linears
 from bios_callbacks.sampling.prefix_cache import PrefixCache, SharedPrefix
@@ -81,7 +82,9 @@ class ModelRunner:
             Always off for sliding-window models.
 
     `pack_weights` (default True) runs float32 CPU linear layers on oneDNN-packed weights
-    without autocast (`packed_linear`); benches turn it off to compare.
+    without autocast (`packed_linear`), and `lean_decode` (default True) runs the decode steps of
+    float32 Llama-family models without autocast in one loop (`decode_forward`); benches turn
+    them off to compare.
     Forward passes and token choice are labelled `bios.forward` and `bios.choose_tokens` for
     `torch.profiler`.
     """
@@ -106,7 +109,10 @@ class ModelRunner:
         self._trim_logits = "logits_to_keep" in forward_args
         caching = prefix_caching and not _uses_sliding_window(text_config)
         self._prefixes = PrefixCache(self._encode_prefix) if caching else None
+        self._decode_forward = DecodeForward.for_model(_base_model(model))
+        self._decode_now: DecodeForward | None = None  # while serving, where usable
         self.pack_weights = True
+        self.lean_decode = True
 
     @property
     def device(self) -> torch.device:
@@ -119,14 +125,21 @@ class ModelRunner:
         model changes between periods)."""
         if self._prefixes is not None:
             self._prefixes.check_weights(self.model)
+        lean = self._decode_forward if self.lean_decode and self.compute_dtype is None else None
+        self._decode_now = lean if lean is not None and lean.usable() else None
         if self.compute_dtype is not None:
             speedup = torch.autocast(self.device.type, dtype=self.compute_dtype)
-        elif self.pack_weights:
-            speedup = packed_linears(self.model)
-        else:
+        elif not self.pack_weights:
             speedup = contextlib.nullcontext()
-        with torch.no_grad(), evaluation_mode(self.model), speedup:
-            yield
+        elif self._decode_now is not None:
+            speedup = self._decode_now.packing()
+        else:
+            speedup = packed_linears(self.model)
+        try:
+            with torch.no_grad(), evaluation_mode(self.model), speedup:
+                yield
+        finally:
+            self._decode_now = None
 
     def prefill(self, parts: list[Part]) -> Batch:
         """Runs the prompts through the model (after a cached shared prefix, if any) and
@@ -168,9 +181,17 @@ class ModelRunner:
     def decode(self, batch: Batch) -> None:
         """One decode step: every row gets its next token; finished rows leave."""
         mask = torch.nn.functional.pad(batch.mask, (0, 1), value=1)
-        logits = self._forward(
-            batch.next_input[:, None], mask, batch.positions[:, None], batch.cache, prefill=False
-        )
+        if self._decode_now is not None and not self._decode_now.hooked():
+            with record_function("bios.forward"):
+                logits = self._decode_now(batch.next_input, mask, batch.positions, batch.cache)
+        else:
+            logits = self._forward(
+                batch.next_input[:, None],
+                mask,
+                batch.positions[:, None],
+                batch.cache,
+                prefill=False,
+            )
         batch.mask = mask
         batch.positions = batch.positions + 1
         self._advance(batch, logits)

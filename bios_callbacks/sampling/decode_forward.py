@@ -1,0 +1,197 @@
+"""A decode step's forward pass for Llama-family models, in one loop instead of transformers'
+module tree.
+
+A decode step runs every decoder layer on one new token per sequence. Transformers' modules
+spend much of such a step in Python around the operators (argument handling and decorators per
+module, the attention interface lookup, building a 4-D mask per forward): ~30 ms of a ~130 ms
+step for 32 rows of SmolLM2-135M on these 2 CPU cores (`bench/decode_step.py`). `DecodeForward`
+runs the same computation in one loop over the layers, reading the model's weights in place:
+the query, key and value products as one product on weights packed side by side
+(`packed_linear.WeightPacks`), likewise the MLP's gate and up products; `rms_norm` as one
+operator; and one SDPA call per layer in which the query heads that share a key/value head
+attend as one group, so the cache is never repeated per query head. The embeddings and the
+rotary embedding are the model's own modules.
+
+It serves float32 Llama, Mistral, Qwen2 and Qwen3 models whose linear layers are plain
+`nn.Linear`s, without sliding windows and without hooks on their modules (FSDP's, a user's);
+everything else (LoRA under peft included) keeps transformers' forward and `packed_linears`.
+The engine's tests compare both forwards' logits step by step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from bios_callbacks.sampling.kv_cache import BatchCache
+from bios_callbacks.sampling.packed_linear import (
+    WeightPacks,
+    packable,
+    packing_available,
+    shared_packs,
+)
+
+FAMILIES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+"""transformers model packages (`transformers.models.<key>`) and their class-name prefixes."""
+
+_ATTENTION = ("sdpa", "eager")  # what the per-layer SDPA call reproduces
+
+
+class DecodeForward:
+    """Logits of one decode step for a supported model; `for_model` says whether it is one.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+        >>> DecodeForward.for_model(LlamaForCausalLM(config)) is not None
+        True
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.decoder = model.model
+        self.layers = list(self.decoder.layers)
+        first = self.layers[0].self_attn
+        self.head_dim: int = first.head_dim
+        self.groups: int = first.num_key_value_groups
+        self.scale: float = first.scaling
+        self.qk_norm = hasattr(first, "q_norm")
+        self._qkv = [(a.q_proj, a.k_proj, a.v_proj) for a in (la.self_attn for la in self.layers)]
+        self._gate_up = [(layer.mlp.gate_proj, layer.mlp.up_proj) for layer in self.layers]
+        self._packs: WeightPacks | None = None
+        self._modules = list(model.modules())
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module) -> DecodeForward | None:
+        """A `DecodeForward` for `model` (a transformers causal LM, not wrapped), or None where
+        its architecture or configuration is not one this loop reproduces."""
+        family = _family(model)
+        if family is None:
+            return None
+        config = model.config
+        if getattr(config, "_attn_implementation", None) not in _ATTENTION:
+            return None
+        if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+            return None
+        prefix = FAMILIES[family]
+        decoder = getattr(model, "model", None)
+        if type(decoder).__name__ != f"{prefix}Model" or not len(decoder.layers):
+            return None
+        wanted = [f"{prefix}{kind}" for kind in ("DecoderLayer", "Attention", "MLP")]
+        wanted += [f"{prefix}RMSNorm"] * 2
+        for layer in decoder.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            parts = [layer, attention, mlp, layer.input_layernorm, layer.post_attention_layernorm]
+            linears = [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj]
+            linears += [mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+            if [type(part).__name__ for part in parts] != wanted:
+                return None
+            if any(type(linear) is not torch.nn.Linear for linear in linears):
+                return None  # LoRA layers, quantized layers
+        if type(decoder.norm).__name__ != f"{prefix}RMSNorm":
+            return None
+        return cls(model)
+
+    def usable(self) -> bool:
+        """Whether this forward may serve a busy period: float32 weights as plain tensors, and
+        none loaded by accelerate's hooks (offloading). `hooked()` is asked at every step."""
+        weight = self.model.get_output_embeddings().weight
+        if weight.dtype != torch.float32 or type(weight.data) is not torch.Tensor:
+            return False
+        return not any(hasattr(module, "_hf_hook") for module in self._modules)
+
+    def hooked(self) -> bool:
+        """Whether any module has forward hooks now (FSDP gathers its shards in hooks; a
+        user's hook expects to be called): that step needs transformers' forward."""
+        hooks = torch.nn.modules.module
+        if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+            return True
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self._modules)
+
+    @contextlib.contextmanager
+    def packing(self) -> Iterator[None]:
+        """Runs decode-sized products of CPU weights on oneDNN-packed copies while it lasts,
+        shared with other blocks open on the model, freed by the last (see `packed_linear`)."""
+        weight = self.model.get_output_embeddings().weight
+        if not packing_available() or weight.device.type != "cpu":
+            yield
+            return
+        with shared_packs(self.model) as packs:
+            self._packs = packs
+            try:
+                yield
+            finally:
+                self._packs = None
+
+    def __call__(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: BatchCache,
+    ) -> torch.Tensor:
+        """Next-token logits (rows, vocab) for each row's `tokens` (rows,) at `positions`
+        (rows,), attending to the cache's columns plus this one as `mask` (rows, columns) says;
+        writes the new keys and values into `cache`."""
+        rows, dim = tokens.shape[0], self.head_dim
+        packs = self._packs if packable(rows, rows) else None
+        hidden = self.decoder.embed_tokens(tokens)
+        cos, sin = self.decoder.rotary_emb(hidden, positions[:, None])
+        cos, sin = cos[:, None], sin[:, None]  # (rows, 1, 1, dim): over heads
+        attend = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
+        attend = attend.masked_fill_(mask == 0, float("-inf"))[:, None, None, :]
+        for layer, cached, qkv, gate_up in zip(
+            self.layers, cache.layers, self._qkv, self._gate_up, strict=True
+        ):
+            attention = layer.self_attn
+            q, k, v = _products(_rms_norm(layer.input_layernorm, hidden), qkv, packs)
+            q = q.view(rows, -1, self.groups, dim)
+            k, v = k.view(rows, -1, 1, dim), v.view(rows, -1, 1, dim)
+            if self.qk_norm:
+                q, k = _rms_norm(attention.q_norm, q), _rms_norm(attention.k_norm, k)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            keys, values = cached.update(k, v)
+            # (rows, kv heads, groups, dim): a key/value head's query heads attend together
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=attend, scale=self.scale
+            )
+            (attended,) = _products(out.reshape(rows, -1), (attention.o_proj,), packs)
+            hidden = hidden + attended
+            gate, up = _products(_rms_norm(layer.post_attention_layernorm, hidden), gate_up, packs)
+            (down,) = _products(layer.mlp.act_fn(gate) * up, (layer.mlp.down_proj,), packs)
+            hidden = hidden + down
+        head = (self.model.get_output_embeddings(),)
+        (logits,) = _products(_rms_norm(self.decoder.norm, hidden), head, packs)
+        return logits
+
+
+def _family(model: torch.nn.Module) -> str | None:
+    module = type(model).__module__  # e.g. transformers.models.llama.modeling_llama
+    parts = module.split(".")
+    if len(parts) != 4 or parts[:2] != ["transformers", "models"] or parts[2] not in FAMILIES:
+        return None
+    return parts[2] if type(model).__name__ == f"{FAMILIES[parts[2]]}ForCausalLM" else None
+
+
+def _products(
+    x: torch.Tensor, layers: tuple[torch.nn.Linear, ...], packs: WeightPacks | None
+) -> tuple[torch.Tensor, ...]:
+    """`x` through each of `layers` (which share it as input): one packed product, or plain."""
+    if packs is None:
+        return tuple(F.linear(x, layer.weight, layer.bias) for layer in layers)
+    out = packs.linear(x, layers)
+    return out.split([layer.out_features for layer in layers], dim=-1)
+
+
+def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding as transformers applies it (halves rotated, not interleaved)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin

@@ -14,6 +14,7 @@ import transformers
 from bios_callbacks import types
 from bios_callbacks.sampling.client import SamplingClient
 from bios_callbacks.sampling.decode_forward import DecodeForward
+from bios_callbacks.sampling.packed_linear import shared_packs
 from bios_callbacks.sampling.request import Request
 from bios_callbacks.sampling.runner import ModelRunner
 
@@ -45,10 +46,20 @@ def _prompts(tokenizer, count: int) -> list[list[int]]:
     return [tokenizer.encode("one two " * (1 + i % 4) + str(i)) for i in range(count)]
 
 
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
 FAMILIES = [
     ("llama", {}),
     ("llama", {"attention_bias": True, "mlp_bias": True, "head_dim": 16}),
     ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    ("llama", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}),  # scaled cos/sin
+    ("llama", {"rope_scaling": LLAMA3_ROPE}),
+    ("llama", {"attn_implementation": "eager"}),
     ("llama", {"hidden_act": "gelu_pytorch_tanh"}),
     ("mistral", {}),
     ("qwen2", {}),  # q/k/v biases
@@ -80,6 +91,61 @@ def test_each_step_gives_transformers_logits(family, overrides, packed, tokenize
             tokens, positions = expected.argmax(-1), positions + 1
 
 
+def test_the_runner_with_it_matches_the_runner_without(tokenizer):
+    """Through the runner's own steps: a shared prefix from the prefix cache (masks with zeros
+    between the prefix and the rest), rows leaving at different lengths, sampled rows."""
+    model = _tiny("llama", tokenizer)
+    shared = tokenizer.encode("Answer briefly. " * 6)
+    prompts = [shared + tokenizer.encode(" x" * (1 + i % 5)) for i in range(10)]
+    results = {}
+    for lean in (False, True):
+        runner = ModelRunner(model, tokenizer, compute_dtype=None, prefix_caching=True)
+        runner.lean_decode = lean
+        parts = []
+        for i, prompt in enumerate(prompts):
+            temperature = 0.0 if i % 2 else 0.8
+            params = types.SamplingParams(max_tokens=12, temperature=temperature, seed=i)
+            parts.append((Request(prompt, 1, params, max_new_tokens=3 + i), range(1)))
+        with runner.serving():
+            runner.prefill(parts[:2])  # the next prefill finds the shared prefix cached
+            batch = runner.prefill(parts)
+            seqs = list(batch.seqs)
+            while len(batch):
+                runner.decode(batch)
+        results[lean] = seqs
+    for theirs, ours in zip(results[False], results[True], strict=True):
+        assert ours.tokens == theirs.tokens and len(ours.tokens) == ours.request.max_new_tokens
+        torch.testing.assert_close(ours.logprobs, theirs.logprobs, rtol=1e-4, atol=1e-4)
+
+
+def test_weights_changed_between_steps_are_repacked(tokenizer):
+    model = _tiny("llama", tokenizer)
+    lean = DecodeForward.for_model(model)
+    runner = ModelRunner(model, tokenizer, compute_dtype=None, prefix_caching=False)
+    runner.lean_decode = runner.pack_weights = False
+    params = types.SamplingParams(max_tokens=20, temperature=0.0)
+    parts = [(Request(p, 1, params, max_new_tokens=20), range(1)) for p in _prompts(tokenizer, 9)]
+    with runner.serving(), lean.packing():
+        batch = runner.prefill(parts)
+        mask = torch.nn.functional.pad(batch.mask, (0, 1), value=1)
+        tokens, positions = batch.next_input, batch.positions
+        lean(tokens, mask, positions, copy.deepcopy(batch.cache))  # packs every weight
+        model.model.layers[0].mlp.up_proj.weight.mul_(1.5)  # an optimizer step, in place
+        model.lm_head.weight.mul_(2.0)
+        logits = lean(tokens, mask, positions, copy.deepcopy(batch.cache))
+        expected = runner._forward(
+            tokens[:, None], mask, positions[:, None], batch.cache, prefill=False
+        )
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_blocks_over_one_model_share_its_packs_until_the_last_ends(tiny_model):
+    with shared_packs(tiny_model) as first, shared_packs(tiny_model) as second:
+        assert first is second
+    with shared_packs(tiny_model) as third:
+        assert third is not first
+
+
 def test_the_engine_decodes_with_it_and_matches_generate(tokenizer):
     model = _tiny("qwen3", tokenizer)
     calls = []
@@ -101,15 +167,30 @@ def test_the_engine_decodes_with_it_and_matches_generate(tokenizer):
         assert response.sequences[0].tokens == reference[0, len(prompt) :].tolist()
 
 
-def test_a_users_forward_hook_still_sees_every_step(tiny_model, tokenizer):
-    seen = []
-    tiny_model.model.layers[1].register_forward_hook(lambda module, args, out: seen.append(1))
+@pytest.mark.parametrize("kind", ["forward hook", "pre-hook", "global hook"])
+def test_a_users_hook_still_sees_every_decode_step(kind, tiny_model, tokenizer):
+    widths = []  # tokens per row of each call: 1 in a decode step
+
+    layer = tiny_model.model.layers[1]
+
+    def record(module, args, *out) -> None:
+        if module is layer:
+            widths.append(args[0].shape[1])
+
+    hook = {
+        "forward hook": lambda: layer.register_forward_hook(record),
+        "pre-hook": lambda: layer.register_forward_pre_hook(record),
+        "global hook": lambda: torch.nn.modules.module.register_module_forward_hook(record),
+    }[kind]()
     prompts = _prompts(tokenizer, 4)
-    params = types.SamplingParams(max_tokens=5, temperature=0.0)
-    with SamplingClient.from_module(tiny_model, tokenizer) as client:
-        responses = asyncio.run(_sample_all(client, prompts, params))
-    steps = max(len(r.sequences[0].tokens) for r in responses)
-    assert len(seen) >= steps  # one call per prefill and per decode step
+    params = types.SamplingParams(max_tokens=6, temperature=0.0)
+    try:
+        with SamplingClient.from_module(tiny_model, tokenizer) as client:
+            responses = asyncio.run(_sample_all(client, prompts, params))
+    finally:
+        hook.remove()
+    decode_steps = max(len(r.sequences[0].tokens) for r in responses) - 1
+    assert decode_steps > 0 and widths.count(1) >= decode_steps
 
 
 @pytest.mark.parametrize(
@@ -122,6 +203,19 @@ def test_a_users_forward_hook_still_sees_every_step(tiny_model, tokenizer):
 )
 def test_models_it_does_not_reproduce_keep_transformers_forward(family, overrides, tokenizer):
     assert DecodeForward.for_model(_tiny(family, tokenizer, **overrides)) is None
+
+
+def test_wrapped_or_patched_models_keep_transformers_forward(tiny_model):
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=4, target_modules=["lm_head"], init_lora_weights=False)
+    assert DecodeForward.for_model(peft.get_peft_model(tiny_model, config)) is None
+    assert DecodeForward.for_model(tiny_model) is None  # its lm_head is LoRA's layer now
+
+
+def test_a_patched_forward_keeps_transformers_forward(tiny_model):
+    layer = tiny_model.model.layers[0]
+    layer.mlp.forward = lambda x: torch.zeros_like(x)  # activation patching
+    assert DecodeForward.for_model(tiny_model) is None
 
 
 def test_half_precision_weights_keep_transformers_forward(tiny_model):

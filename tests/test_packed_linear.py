@@ -29,7 +29,7 @@ def _ids(rows: int, width: int) -> torch.Tensor:
 
 
 def test_packed_forward_matches_the_plain_one_and_restores_the_layers(tiny_model):
-    ids = _ids(6, 9)
+    ids = _ids(9, 1)  # a decode step's shape: one token for each of 9 sequences
     with torch.no_grad():
         plain = tiny_model(ids).logits
         with packed_linears(tiny_model):
@@ -41,7 +41,7 @@ def test_packed_forward_matches_the_plain_one_and_restores_the_layers(tiny_model
 
 
 def test_weights_changed_in_the_block_are_repacked(tiny_model):
-    ids = _ids(4, 5)
+    ids = _ids(8, 1)
     with torch.no_grad(), packed_linears(tiny_model):
         before = tiny_model(ids).logits
         tiny_model.lm_head.weight.mul_(2.0)  # an optimizer step, in place

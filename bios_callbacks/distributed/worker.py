@@ -83,10 +83,12 @@ class RankWorker:
         timeout passed) ends the round here and is raised.
         """
         report, pause = Report(), 0.0
-        counters = [
-            self.model.register_forward_pre_hook(self._count_start),
-            self.model.register_forward_hook(self._count_forward),
-        ]
+        counters = []  # sharded ranks count forward passes to keep their gathers in line
+        if self.sharded:
+            counters = [
+                self.model.register_forward_pre_hook(self._count_start),
+                self.model.register_forward_hook(self._count_forward),
+            ]
         try:
             with around or contextlib.nullcontext(), self.engine.runner.serving():
                 while True:

@@ -12,10 +12,12 @@ operator; and one SDPA call per layer in which the query heads that share a key/
 attend as one group, so the cache is never repeated per query head. The embeddings and the
 rotary embedding are the model's own modules.
 
-It serves float32 Llama, Mistral, Qwen2 and Qwen3 models whose linear layers are plain
-`nn.Linear`s, without sliding windows and without hooks on their modules (FSDP's, a user's);
-everything else (LoRA under peft included) keeps transformers' forward and `packed_linears`.
-The engine's tests compare both forwards' logits step by step.
+It serves float32 Llama, Mistral, Qwen2 and Qwen3 models (not wrapped, e.g. by peft) whose
+linear layers are plain `nn.Linear`s and whose parameters are plain tensors, without sliding
+windows, without patched `forward`s, and for the steps when no module has forward hooks
+(FSDP's, a user's); everything else keeps transformers' forward. The engine checks at the start
+of every busy period, so a model changed in between (an adapter injected, weights cast) is
+checked again. The engine's tests compare both forwards' logits step by step.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class DecodeForward:
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.decoder = model.model
-        self.layers = list(self.decoder.layers)
+        self.layers = list(self.decoder.layers[: model.config.num_hidden_layers])
         first = self.layers[0].self_attn
         self.head_dim: int = first.head_dim
         self.groups: int = first.num_key_value_groups
@@ -68,7 +70,7 @@ class DecodeForward:
     @classmethod
     def for_model(cls, model: torch.nn.Module) -> DecodeForward | None:
         """A `DecodeForward` for `model` (a transformers causal LM, not wrapped), or None where
-        its architecture or configuration is not one this loop reproduces."""
+        its architecture, configuration or weights are not ones this loop reproduces."""
         family = _family(model)
         if family is None:
             return None
@@ -81,8 +83,8 @@ class DecodeForward:
         decoder = getattr(model, "model", None)
         if type(decoder).__name__ != f"{prefix}Model" or not len(decoder.layers):
             return None
-        wanted = [f"{prefix}{kind}" for kind in ("DecoderLayer", "Attention", "MLP")]
-        wanted += [f"{prefix}RMSNorm"] * 2
+        norm = f"{prefix}RMSNorm"
+        wanted = [f"{prefix}{kind}" for kind in ("DecoderLayer", "Attention", "MLP")] + [norm] * 2
         for layer in decoder.layers:
             attention, mlp = layer.self_attn, layer.mlp
             parts = [layer, attention, mlp, layer.input_layernorm, layer.post_attention_layernorm]
@@ -92,25 +94,36 @@ class DecodeForward:
                 return None
             if any(type(linear) is not torch.nn.Linear for linear in linears):
                 return None  # LoRA layers, quantized layers
-        if type(decoder.norm).__name__ != f"{prefix}RMSNorm":
+            norms = [getattr(attention, name, None) for name in ("q_norm", "k_norm")]
+            if any(n is not None and type(n).__name__ != norm for n in norms):
+                return None
+        if type(decoder.norm).__name__ != norm:
+            return None
+        if type(model.get_output_embeddings()) is not torch.nn.Linear:
+            return None  # e.g. LoRA on the output layer
+        if any(_patched(module) for module in model.modules()):
             return None
         return cls(model)
 
     def usable(self) -> bool:
-        """Whether this forward may serve a busy period: float32 weights as plain tensors, and
-        none loaded by accelerate's hooks (offloading). `hooked()` is asked at every step."""
-        weight = self.model.get_output_embeddings().weight
-        if weight.dtype != torch.float32 or type(weight.data) is not torch.Tensor:
-            return False
-        return not any(hasattr(module, "_hf_hook") for module in self._modules)
+        """Whether this forward may serve a busy period: every parameter a plain float32
+        tensor (not a DTensor shard, not a quantized subclass). `usable_now()` is asked at
+        every step."""
+        return all(
+            p.dtype == torch.float32 and type(p.data) is torch.Tensor
+            for p in self.model.parameters()
+        )
 
-    def hooked(self) -> bool:
-        """Whether any module has forward hooks now (FSDP gathers its shards in hooks; a
-        user's hook expects to be called): that step needs transformers' forward."""
+    def usable_now(self) -> bool:
+        """Whether this step may run here: no forward hooks on any module (FSDP gathers its
+        shards in hooks; a user's hook expects to be called) and no autocast; otherwise the
+        step needs transformers' forward."""
         hooks = torch.nn.modules.module
         if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
-            return True
-        return any(m._forward_hooks or m._forward_pre_hooks for m in self._modules)
+            return False
+        if torch.is_autocast_enabled(self.decoder.embed_tokens.weight.device.type):
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self._modules)
 
     @contextlib.contextmanager
     def packing(self) -> Iterator[None]:
@@ -175,6 +188,12 @@ def _family(model: torch.nn.Module) -> str | None:
     if len(parts) != 4 or parts[:2] != ["transformers", "models"] or parts[2] not in FAMILIES:
         return None
     return parts[2] if type(model).__name__ == f"{FAMILIES[parts[2]]}ForCausalLM" else None
+
+
+def _patched(module: torch.nn.Module) -> bool:
+    """A `forward` set on the instance (accelerate's hooks, activation patching), which this
+    loop would bypass."""
+    return "forward" in module.__dict__ or hasattr(module, "_hf_hook")
 
 
 def _products(

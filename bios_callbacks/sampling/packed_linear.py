@@ -13,14 +13,15 @@ decode loop, `decode_forward`, does that for q/k/v and gate/up). `packed_linears
 lets a model's own `nn.Linear` layers use packed copies while a block runs.
 
 Only float32 weights on CPU qualify (oneDNN's bf16 path needs AVX-512 or AVX-NE-CONVERT).
-Only decode-sized products (`DECODE_ROWS`) from batches of 2+ sequences use the packs; a batch
-of one sequence, a prefill, and anything computed with gradients or under autocast keep the
-plain layer, so a busy period of single requests never packs.
+Only decode steps (one token per sequence) of 2+ sequences with `DECODE_ROWS` rows use the
+packs; a batch of one sequence, a prefill, and anything computed with gradients or under
+autocast keep the plain layer, so a busy period of single requests never packs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 
 import torch
@@ -50,6 +51,7 @@ class WeightPacks:
 
     def __init__(self) -> None:
         self._packs: dict[tuple[torch.nn.Linear, ...], tuple[tuple, torch.Tensor, object]] = {}
+        self._lock = threading.Lock()  # two engines over one model pack each weight once
 
     def linear(self, x: torch.Tensor, layers: tuple[torch.nn.Linear, ...]) -> torch.Tensor:
         """`x` through `layers` side by side: their outputs concatenated on the last dim."""
@@ -57,8 +59,11 @@ class WeightPacks:
         version = tuple((t.data_ptr(), t._version) for t in tensors)
         entry = self._packs.get(layers)
         if entry is None or entry[0] != version:
-            entry = (version, *_pack(layers))
-            self._packs[layers] = entry
+            with self._lock:
+                entry = self._packs.get(layers)
+                if entry is None or entry[0] != version:
+                    entry = (version, *_pack(layers))
+                    self._packs[layers] = entry
         return torch.ops.mkldnn._linear_pointwise(x, entry[1], entry[2], "none", [], "")
 
 
@@ -138,7 +143,9 @@ def _packed_forward(
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if (
-            not packable(x.numel() // x.shape[-1], x.shape[0])
+            x.dim() != 3
+            or x.shape[1] != 1  # a prefill: MKL is as fast at its row counts, and needs no pack
+            or not packable(x.shape[0], x.shape[0])
             or x.dtype != module.weight.dtype
             or torch.is_grad_enabled()
             or torch.is_autocast_enabled("cpu")

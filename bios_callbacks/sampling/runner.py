@@ -109,7 +109,6 @@ class ModelRunner:
         self._trim_logits = "logits_to_keep" in forward_args
         caching = prefix_caching and not _uses_sliding_window(text_config)
         self._prefixes = PrefixCache(self._encode_prefix) if caching else None
-        self._decode_forward = DecodeForward.for_model(_base_model(model))
         self._decode_now: DecodeForward | None = None  # while serving, where usable
         self.pack_weights = True
         self.lean_decode = True
@@ -121,25 +120,29 @@ class ModelRunner:
     @contextlib.contextmanager
     def serving(self) -> Iterator[None]:
         """One busy period: no gradients, eval mode (flags restored after), autocast or packed
-        float32 weights (`packed_linear`), and a prefix cache checked against the weights (a live
-        model changes between periods)."""
+        float32 weights (`packed_linear`), the own decode loop where the model allows it
+        (`decode_forward`, checked anew: a live model may change between periods), and a prefix
+        cache checked against the weights."""
         if self._prefixes is not None:
             self._prefixes.check_weights(self.model)
-        lean = self._decode_forward if self.lean_decode and self.compute_dtype is None else None
-        self._decode_now = lean if lean is not None and lean.usable() else None
-        if self.compute_dtype is not None:
-            speedup = torch.autocast(self.device.type, dtype=self.compute_dtype)
-        elif not self.pack_weights:
-            speedup = contextlib.nullcontext()
-        elif self._decode_now is not None:
-            speedup = self._decode_now.packing()
-        else:
-            speedup = packed_linears(self.model)
-        try:
-            with torch.no_grad(), evaluation_mode(self.model), speedup:
+        lean = None
+        if self.lean_decode and self.compute_dtype is None:
+            lean = DecodeForward.for_model(self.model)  # before packed_linears patches it
+        lean = lean if lean is not None and lean.usable() else None
+        with contextlib.ExitStack() as speedups:
+            if self.compute_dtype is not None:
+                speedups.enter_context(torch.autocast(self.device.type, dtype=self.compute_dtype))
+            elif self.pack_weights:
+                speedups.enter_context(packed_linears(self.model))  # steps it cannot take
+                if lean is not None:
+                    speedups.enter_context(lean.packing())
+            speedups.enter_context(torch.no_grad())
+            speedups.enter_context(evaluation_mode(self.model))
+            self._decode_now = lean
+            try:
                 yield
-        finally:
-            self._decode_now = None
+            finally:
+                self._decode_now = None
 
     def prefill(self, parts: list[Part]) -> Batch:
         """Runs the prompts through the model (after a cached shared prefix, if any) and
@@ -181,7 +184,7 @@ class ModelRunner:
     def decode(self, batch: Batch) -> None:
         """One decode step: every row gets its next token; finished rows leave."""
         mask = torch.nn.functional.pad(batch.mask, (0, 1), value=1)
-        if self._decode_now is not None and not self._decode_now.hooked():
+        if self._decode_now is not None and self._decode_now.usable_now():
             with record_function("bios.forward"):
                 logits = self._decode_now(batch.next_input, mask, batch.positions, batch.cache)
         else:

@@ -12,9 +12,10 @@ The equal workload also runs transformers' own continuous batching (`generate_ba
 this library does not use because it is slower than the padded call on these CPUs.
 
 The headline runs (32 concurrent requests) run alternately as the engine runs by default (on
-CPU: packed weights, `sampling/packed_linear.py`, and its own decode loop,
-`sampling/decode_forward.py`), with transformers' forward on packed weights, with plain weights
-and transformers' forward, and as one padded `generate` call.
+CPU: packed weights, `sampling/packed_linear.py`, kept between runs since the model is frozen
+as `ServiceClient` loads it, and its own decode loop, `sampling/decode_forward.py`), with
+transformers' forward on packed weights (packed anew in each run), with plain weights and
+transformers' forward, and as one padded `generate` call.
 Every configuration also shows the share of the fp32 matmul peak it reaches (the best 1024^3
 matmul measured so far in this run; FLOPs counted over the linear layers). A per-step
 breakdown of a 32-row decode step follows (`bench/decode_step.py`).
@@ -188,6 +189,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tokenizer = load_model(EMBEDDED_MODEL)
+    model.requires_grad_(False)  # as ServiceClient loads it: packed weights last between runs
     peak = matmul_peak()
     token_flops = flops_per_token(model)
     clients = {}

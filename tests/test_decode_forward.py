@@ -139,6 +139,24 @@ def test_weights_changed_between_steps_are_repacked(tokenizer):
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("frozen", [False, True], ids=["training", "frozen"])
+def test_a_frozen_models_packs_outlive_the_busy_period(frozen, tiny_model, tokenizer):
+    tiny_model.requires_grad_(not frozen)
+    runner = ModelRunner(tiny_model, tokenizer, compute_dtype=None, prefix_caching=False)
+    params = types.SamplingParams(max_tokens=3, temperature=0.0)
+    packs = []
+    for _ in range(2):  # two busy periods
+        parts = [
+            (Request(p, 1, params, max_new_tokens=3), range(1)) for p in _prompts(tokenizer, 8)
+        ]
+        with runner.serving():
+            batch = runner.prefill(parts)
+            runner.decode(batch)
+            packs.append(runner._decode_now._packs)
+    assert (packs[0] is packs[1]) == frozen  # the same packs, or new ones each time
+    assert packs[0]._packs  # every busy period decoded on packed weights
+
+
 def test_blocks_over_one_model_share_its_packs_until_the_last_ends(tiny_model):
     with shared_packs(tiny_model) as first, shared_packs(tiny_model) as second:
         assert first is second

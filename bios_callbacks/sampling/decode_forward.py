@@ -126,14 +126,17 @@ class DecodeForward:
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self._modules)
 
     @contextlib.contextmanager
-    def packing(self) -> Iterator[None]:
-        """Runs decode-sized products of CPU weights on oneDNN-packed copies while it lasts,
-        shared with other blocks open on the model, freed by the last (see `packed_linear`)."""
+    def packing(self, kept: WeightPacks | None = None) -> Iterator[None]:
+        """Runs decode-sized products of CPU weights on oneDNN-packed copies while it lasts:
+        `kept` (packs the caller keeps across blocks), else packs shared with the other blocks
+        open on the model and freed by the last (see `packed_linear`)."""
         weight = self.model.get_output_embeddings().weight
         if not packing_available() or weight.device.type != "cpu":
             yield
             return
-        with shared_packs(self.model) as packs:
+        with (
+            contextlib.nullcontext(kept) if kept is not None else shared_packs(self.model) as packs
+        ):
             self._packs = packs
             try:
                 yield

@@ -17,7 +17,7 @@ from bios_callbacks.models.tokens import pad_token_id
 from bios_callbacks.models.train_flags import evaluation_mode
 from bios_callbacks.sampling.decode_forward import DecodeForward
 from bios_callbacks.sampling.kv_cache import BatchCache
-from bios_callbacks.sampling.packed_linear import packed_linears
+from bios_callbacks.sampling.packed_linear import WeightPacks, packed_linears
 from bios_callbacks.sampling.prefix_cache import PrefixCache, SharedPrefix
 from bios_callbacks.sampling.request import Part
 from bios_callbacks.sampling.sequence import Sequence
@@ -84,7 +84,9 @@ class ModelRunner:
     `pack_weights` (default True) runs float32 CPU linear layers on oneDNN-packed weights
     without autocast (`packed_linear`), and `lean_decode` (default True) runs the decode steps of
     float32 Llama-family models without autocast in one loop (`decode_forward`); benches turn
-    them off to compare.
+    them off to compare. The packed copies of a model that trains are freed at the end of each
+    busy period; those of a frozen model (no parameter requires grad, as `ServiceClient` loads
+    it) are kept for the runner's life, so later bursts do not pack again.
     Forward passes and token choice are labelled `bios.forward` and `bios.choose_tokens` for
     `torch.profiler`.
     """
@@ -110,6 +112,7 @@ class ModelRunner:
         caching = prefix_caching and not _uses_sliding_window(text_config)
         self._prefixes = PrefixCache(self._encode_prefix) if caching else None
         self._decode_now: DecodeForward | None = None  # while serving, where usable
+        self._kept_packs = WeightPacks()  # a frozen model's, kept from one busy period to the next
         self.pack_weights = True
         self.lean_decode = True
 
@@ -135,7 +138,9 @@ class ModelRunner:
             elif self.pack_weights:
                 speedups.enter_context(packed_linears(self.model))  # steps it cannot take
                 if lean is not None:
-                    speedups.enter_context(lean.packing())
+                    speedups.enter_context(
+                        lean.packing(self._kept_packs if _frozen(lean) else None)
+                    )
             speedups.enter_context(torch.no_grad())
             speedups.enter_context(evaluation_mode(self.model))
             self._decode_now = lean
@@ -235,6 +240,12 @@ class ModelRunner:
             keep = [row for row, (seq, tok, logp) in enumerate(pushed) if not seq.push(tok, logp)]
         if len(keep) < len(batch):
             batch.keep(keep)
+
+
+def _frozen(lean: DecodeForward) -> bool:
+    """No trainable parameters (a model loaded to sample from): its packed weights are worth
+    keeping between busy periods, which a training model would have to repack anyway."""
+    return not any(p.requires_grad for p in lean.model.parameters())
 
 
 def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:

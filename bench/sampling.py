@@ -12,8 +12,8 @@ The equal workload also runs transformers' own continuous batching (`generate_ba
 this library does not use because it is slower than the padded call on these CPUs.
 
 The headline runs (32 concurrent requests) run alternately as the engine runs by default (on
-CPU: packed weights, `sampling/packed_linear.py`, kept between runs since the model is frozen
-as `ServiceClient` loads it, and its own decode loop, `sampling/decode_forward.py`), with
+CPU: packed weights, `sampling/packed_linear.py`, kept between runs as `ServiceClient` keeps
+them for the models it loads, and its own decode loop, `sampling/decode_forward.py`), with
 transformers' forward on packed weights (packed anew in each run), with plain weights and
 transformers' forward, and as one padded `generate` call.
 Every configuration also shows the share of the fp32 matmul peak it reaches (the best 1024^3
@@ -189,7 +189,6 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tokenizer = load_model(EMBEDDED_MODEL)
-    model.requires_grad_(False)  # as ServiceClient loads it: packed weights last between runs
     peak = matmul_peak()
     token_flops = flops_per_token(model)
     clients = {}
@@ -198,7 +197,9 @@ def main() -> None:
         ("transformers", True, False),
         ("plain", False, False),
     ):
-        engine = DecodeEngine(model, tokenizer, max_batch_size=args.prompts)
+        engine = DecodeEngine(
+            model, tokenizer, max_batch_size=args.prompts, keep_packed_weights=name == "default"
+        )
         engine.runner.pack_weights, engine.runner.lean_decode = packed, lean
         clients[name] = SamplingClient(engine)
     client = clients["default"]

@@ -14,7 +14,7 @@ import transformers
 from bios_callbacks import types
 from bios_callbacks.sampling.client import SamplingClient
 from bios_callbacks.sampling.decode_forward import DecodeForward
-from bios_callbacks.sampling.packed_linear import shared_packs
+from bios_callbacks.sampling.packed_linear import packed_linears, shared_packs
 from bios_callbacks.sampling.request import Request
 from bios_callbacks.sampling.runner import ModelRunner
 
@@ -139,10 +139,10 @@ def test_weights_changed_between_steps_are_repacked(tokenizer):
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("frozen", [False, True], ids=["training", "frozen"])
-def test_a_frozen_models_packs_outlive_the_busy_period(frozen, tiny_model, tokenizer):
-    tiny_model.requires_grad_(not frozen)
+@pytest.mark.parametrize("keep", [False, True], ids=["freed", "kept"])
+def test_packs_are_kept_between_busy_periods_on_request(keep, tiny_model, tokenizer):
     runner = ModelRunner(tiny_model, tokenizer, compute_dtype=None, prefix_caching=False)
+    runner.keep_packs = keep
     params = types.SamplingParams(max_tokens=3, temperature=0.0)
     packs = []
     for _ in range(2):  # two busy periods
@@ -152,9 +152,25 @@ def test_a_frozen_models_packs_outlive_the_busy_period(frozen, tiny_model, token
         with runner.serving():
             batch = runner.prefill(parts)
             runner.decode(batch)
-            packs.append(runner._decode_now._packs)
-    assert (packs[0] is packs[1]) == frozen  # the same packs, or new ones each time
-    assert packs[0]._packs  # every busy period decoded on packed weights
+            packs.append((runner._decode_now._packs, dict(runner._decode_now._packs._packs)))
+    (first, made), (second, found) = packs
+    assert made and (first is second) == keep  # the same packs, or new ones each time
+    assert all(found[key][1] is made[key][1] for key in made) == keep  # not packed again
+    runner.release()
+    assert not runner._kept_packs._packs  # nothing kept after release
+    with shared_packs(tiny_model) as now:
+        assert now is not first  # nor held for the model after its busy periods
+
+
+def test_another_engines_packed_layers_do_not_refuse_it(tiny_model):
+    with packed_linears(tiny_model):  # as while another client over the model decodes
+        assert DecodeForward.for_model(tiny_model) is not None
+
+
+def test_gradient_checkpointings_input_hook_does_not_refuse_it(tiny_model):
+    tiny_model.gradient_checkpointing_enable()  # hooks the input embeddings, which it calls
+    lean = DecodeForward.for_model(tiny_model)
+    assert lean is not None and lean.usable_now()
 
 
 def test_blocks_over_one_model_share_its_packs_until_the_last_ends(tiny_model):

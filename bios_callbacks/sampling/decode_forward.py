@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from bios_callbacks.sampling.kv_cache import BatchCache
 from bios_callbacks.sampling.packed_linear import (
     WeightPacks,
+    is_packed_forward,
     packable,
     packing_available,
     shared_packs,
@@ -62,10 +63,23 @@ class DecodeForward:
         self.groups: int = first.num_key_value_groups
         self.scale: float = first.scaling
         self.qk_norm = hasattr(first, "q_norm")
-        self._qkv = [(a.q_proj, a.k_proj, a.v_proj) for a in (la.self_attn for la in self.layers)]
-        self._gate_up = [(layer.mlp.gate_proj, layer.mlp.up_proj) for layer in self.layers]
+        # the products of each layer, as packed together: q/k/v, o, gate/up, down
+        self._products = [
+            (
+                (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
+                (layer.self_attn.o_proj,),
+                (layer.mlp.gate_proj, layer.mlp.up_proj),
+                (layer.mlp.down_proj,),
+            )
+            for layer in self.layers
+        ]
+        self._head = (model.get_output_embeddings(),)
         self._packs: WeightPacks | None = None
-        self._modules = list(model.modules())
+        # modules this loop does not call: a hook on one needs transformers' forward (the
+        # embeddings and the rotary embedding are called, so their hooks run, e.g. the one
+        # gradient checkpointing puts on the input embeddings)
+        called = (self.decoder.embed_tokens, self.decoder.rotary_emb)
+        self._bypassed = [m for m in model.modules() if all(m is not c for c in called)]
 
     @classmethod
     def for_model(cls, model: torch.nn.Module) -> DecodeForward | None:
@@ -123,7 +137,11 @@ class DecodeForward:
             return False
         if torch.is_autocast_enabled(self.decoder.embed_tokens.weight.device.type):
             return False
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in self._modules)
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self._bypassed)
+
+    def product_groups(self) -> set[tuple[torch.nn.Linear, ...]]:
+        """The linear layers it runs as one product each (the keys of its packs)."""
+        return {group for layer in self._products for group in layer} | {self._head}
 
     @contextlib.contextmanager
     def packing(self, kept: WeightPacks | None = None) -> Iterator[None]:
@@ -155,13 +173,15 @@ class DecodeForward:
         writes the new keys and values into `cache`."""
         rows, dim = tokens.shape[0], self.head_dim
         packs = self._packs if packable(rows, rows) else None
-        hidden = self.decoder.embed_tokens(tokens)
+        # called as transformers calls them in a decode step, so their hooks see the same
+        hidden = self.decoder.embed_tokens(tokens[:, None])
         cos, sin = self.decoder.rotary_emb(hidden, positions[:, None])
+        hidden = hidden[:, 0]
         cos, sin = cos[:, None], sin[:, None]  # (rows, 1, 1, dim): over heads
         attend = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
         attend = attend.masked_fill_(mask == 0, float("-inf"))[:, None, None, :]
-        for layer, cached, qkv, gate_up in zip(
-            self.layers, cache.layers, self._qkv, self._gate_up, strict=True
+        for layer, cached, (qkv, o, gate_up, down_proj) in zip(
+            self.layers, cache.layers, self._products, strict=True
         ):
             attention = layer.self_attn
             q, k, v = _products(_rms_norm(layer.input_layernorm, hidden), qkv, packs)
@@ -175,13 +195,12 @@ class DecodeForward:
             out = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=attend, scale=self.scale
             )
-            (attended,) = _products(out.reshape(rows, -1), (attention.o_proj,), packs)
+            (attended,) = _products(out.reshape(rows, -1), o, packs)
             hidden = hidden + attended
             gate, up = _products(_rms_norm(layer.post_attention_layernorm, hidden), gate_up, packs)
-            (down,) = _products(layer.mlp.act_fn(gate) * up, (layer.mlp.down_proj,), packs)
+            (down,) = _products(layer.mlp.act_fn(gate) * up, down_proj, packs)
             hidden = hidden + down
-        head = (self.model.get_output_embeddings(),)
-        (logits,) = _products(_rms_norm(self.decoder.norm, hidden), head, packs)
+        (logits,) = _products(_rms_norm(self.decoder.norm, hidden), self._head, packs)
         return logits
 
 
@@ -195,8 +214,11 @@ def _family(model: torch.nn.Module) -> str | None:
 
 def _patched(module: torch.nn.Module) -> bool:
     """A `forward` set on the instance (accelerate's hooks, activation patching), which this
-    loop would bypass."""
-    return "forward" in module.__dict__ or hasattr(module, "_hf_hook")
+    loop would bypass; `packed_linears`' own (another engine over the model) is no patch."""
+    forward = module.__dict__.get("forward")
+    if forward is not None and not is_packed_forward(forward):
+        return True
+    return hasattr(module, "_hf_hook")
 
 
 def _products(

@@ -66,11 +66,24 @@ class WeightPacks:
                     self._packs[layers] = entry
         return torch.ops.mkldnn._linear_pointwise(x, entry[1], entry[2], "none", [], "")
 
+    def keep_only(self, groups: set[tuple[torch.nn.Linear, ...]]) -> None:
+        """Frees the packs of any other layers (replaced ones, say)."""
+        self._packs = {key: entry for key, entry in self._packs.items() if key in groups}
+
+    def clear(self) -> None:
+        """Frees every pack."""
+        self._packs = {}
+
 
 def packing_available() -> bool:
     """Whether this torch build has oneDNN's packed linear op."""
     mkldnn = torch.ops.mkldnn
     return torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_linear_pointwise")
+
+
+def is_packed_forward(forward: object) -> bool:
+    """Whether `forward` (found on a module instance) is the one `packed_linears` set."""
+    return getattr(forward, "_bios_packed", False)
 
 
 def packable(rows: int, sequences: int) -> bool:
@@ -153,4 +166,5 @@ def _packed_forward(
             return plain(x)
         return packs.linear(x, layers)
 
+    forward._bios_packed = True  # type: ignore[attr-defined]
     return forward

@@ -84,9 +84,9 @@ class ModelRunner:
     `pack_weights` (default True) runs float32 CPU linear layers on oneDNN-packed weights
     without autocast (`packed_linear`), and `lean_decode` (default True) runs the decode steps of
     float32 Llama-family models without autocast in one loop (`decode_forward`); benches turn
-    them off to compare. The packed copies of a model that trains are freed at the end of each
-    busy period; those of a frozen model (no parameter requires grad, as `ServiceClient` loads
-    it) are kept for the runner's life, so later bursts do not pack again.
+    them off to compare. Packed copies are freed at the end of each busy period, unless
+    `keep_packs` (the engine's `keep_packed_weights`) keeps the own loop's from one period to the
+    next, for a model nobody trains, until `release()`.
     Forward passes and token choice are labelled `bios.forward` and `bios.choose_tokens` for
     `torch.profiler`.
     """
@@ -112,7 +112,8 @@ class ModelRunner:
         caching = prefix_caching and not _uses_sliding_window(text_config)
         self._prefixes = PrefixCache(self._encode_prefix) if caching else None
         self._decode_now: DecodeForward | None = None  # while serving, where usable
-        self._kept_packs = WeightPacks()  # a frozen model's, kept from one busy period to the next
+        self.keep_packs = False
+        self._kept_packs = WeightPacks()  # kept from one busy period to the next
         self.pack_weights = True
         self.lean_decode = True
 
@@ -130,17 +131,20 @@ class ModelRunner:
             self._prefixes.check_weights(self.model)
         lean = None
         if self.lean_decode and self.compute_dtype is None:
-            lean = DecodeForward.for_model(self.model)  # before packed_linears patches it
+            lean = DecodeForward.for_model(self.model)
         lean = lean if lean is not None and lean.usable() else None
+        keep = self.keep_packs and self.pack_weights and lean is not None
+        if keep:
+            self._kept_packs.keep_only(lean.product_groups())
+        else:
+            self._kept_packs.clear()
         with contextlib.ExitStack() as speedups:
             if self.compute_dtype is not None:
                 speedups.enter_context(torch.autocast(self.device.type, dtype=self.compute_dtype))
             elif self.pack_weights:
                 speedups.enter_context(packed_linears(self.model))  # steps it cannot take
                 if lean is not None:
-                    speedups.enter_context(
-                        lean.packing(self._kept_packs if _frozen(lean) else None)
-                    )
+                    speedups.enter_context(lean.packing(self._kept_packs if keep else None))
             speedups.enter_context(torch.no_grad())
             speedups.enter_context(evaluation_mode(self.model))
             self._decode_now = lean
@@ -148,6 +152,10 @@ class ModelRunner:
                 yield
             finally:
                 self._decode_now = None
+
+    def release(self) -> None:
+        """Frees what is kept between busy periods (packed weights)."""
+        self._kept_packs.clear()
 
     def prefill(self, parts: list[Part]) -> Batch:
         """Runs the prompts through the model (after a cached shared prefix, if any) and
@@ -240,12 +248,6 @@ class ModelRunner:
             keep = [row for row, (seq, tok, logp) in enumerate(pushed) if not seq.push(tok, logp)]
         if len(keep) < len(batch):
             batch.keep(keep)
-
-
-def _frozen(lean: DecodeForward) -> bool:
-    """No trainable parameters (a model loaded to sample from): its packed weights are worth
-    keeping between busy periods, which a training model would have to repack anyway."""
-    return not any(p.requires_grad for p in lean.model.parameters())
 
 
 def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:

@@ -99,7 +99,10 @@ class ServiceClient:
 
         source = model_path if model_path is not None else base_model
         model, tokenizer = load_model(str(source), dtype=getattr(torch, self._dtype))
-        model.requires_grad_(False)  # only sampled from: the engine may keep packed weights
         return SamplingClient.from_module(
-            model, tokenizer, model_name=base_model or str(source), **self._engine_options
+            model,
+            tokenizer,
+            model_name=base_model or str(source),
+            keep_packed_weights=True,  # its own model: nothing trains it between bursts
+            **self._engine_options,
         )

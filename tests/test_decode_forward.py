@@ -9,7 +9,7 @@ import copy
 
 import pytest
 import torch
-import transformers
+from tiny import make_tiny_model
 
 from bios_callbacks import types
 from bios_callbacks.sampling.client import SamplingClient
@@ -18,28 +18,12 @@ from bios_callbacks.sampling.packed_linear import packed_linears, shared_packs
 from bios_callbacks.sampling.request import Request
 from bios_callbacks.sampling.runner import ModelRunner
 
-SIZES = dict(
-    hidden_size=96,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=6,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
-
 
 def _tiny(family: str, tokenizer, **overrides) -> torch.nn.Module:
-    config_class, model_class = {
-        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
-        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
-        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
-    }[family]
-    settings = {**SIZES, "vocab_size": len(tokenizer), **overrides}
-    if family == "mistral":
-        settings.setdefault("sliding_window", None)
-    torch.manual_seed(0)
-    return model_class(config_class(**settings)).eval()
+    """Three query heads per key/value head, so the grouped attention has groups to get wrong."""
+    return make_tiny_model(
+        tokenizer, family=family, **{"num_attention_heads": 6, "hidden_size": 96, **overrides}
+    )
 
 
 def _prompts(tokenizer, count: int) -> list[list[int]]:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 import torch
-from transformers import MistralConfig, MistralForCausalLM
+from tiny import make_tiny_model
 
 from bios_callbacks import types
 from bios_callbacks.sampling.client import SamplingClient
@@ -99,18 +99,7 @@ def test_a_live_model_never_reuses_a_prefix_across_weight_updates(tiny_model, to
 
 
 def test_sliding_window_models_prefill_whole_prompts(tokenizer):
-    config = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=8,
-        max_position_embeddings=512,
-    )
-    torch.manual_seed(0)
-    model = MistralForCausalLM(config).eval()
+    model = make_tiny_model(tokenizer, family="mistral", sliding_window=8)
     prompts = _prompts(tokenizer, QUESTIONS[:3])
     with SamplingClient.from_module(model, tokenizer) as client:  # prefix caching requested
         _sample_all(client, prompts[:2])

@@ -10,7 +10,7 @@ the query, key and value products as one product on weights packed side by side
 (`packed_linear.WeightPacks`), likewise the MLP's gate and up products; `rms_norm` as one
 operator; and one SDPA call per layer in which the query heads that share a key/value head
 attend as one group, so the cache is never repeated per query head. The embeddings and the
-rotary embedding are the model's own modules.
+rotary embedding are the model's own modules, and the rotation its family's own function.
 
 It serves float32 Llama, Mistral, Qwen2 and Qwen3 models (not wrapped, e.g. by peft) whose
 linear layers are plain `nn.Linear`s and whose parameters are plain tensors, without sliding
@@ -23,12 +23,13 @@ checked again. The engine's tests compare both forwards' logits step by step.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
-from bios_callbacks.sampling.kv_cache import BatchCache
+from bios_callbacks.sampling.kv_cache import BatchCache, uses_sliding_window
 from bios_callbacks.sampling.packed_linear import (
     WeightPacks,
     is_packed_forward,
@@ -63,6 +64,7 @@ class DecodeForward:
         self.groups: int = first.num_key_value_groups
         self.scale: float = first.scaling
         self.qk_norm = hasattr(first, "q_norm")
+        self._rotate = _family_module(model).apply_rotary_pos_emb
         # the products of each layer, as packed together: q/k/v, o, gate/up, down
         self._products = [
             (
@@ -91,7 +93,7 @@ class DecodeForward:
         config = model.config
         if getattr(config, "_attn_implementation", None) not in _ATTENTION:
             return None
-        if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        if uses_sliding_window(config):
             return None
         prefix = FAMILIES[family]
         decoder = getattr(model, "model", None)
@@ -116,6 +118,8 @@ class DecodeForward:
         if type(model.get_output_embeddings()) is not torch.nn.Linear:
             return None  # e.g. LoRA on the output layer
         if any(_patched(module) for module in model.modules()):
+            return None
+        if not hasattr(_family_module(model), "apply_rotary_pos_emb"):
             return None
         return cls(model)
 
@@ -175,9 +179,8 @@ class DecodeForward:
         packs = self._packs if packable(rows, rows) else None
         # called as transformers calls them in a decode step, so their hooks see the same
         hidden = self.decoder.embed_tokens(tokens[:, None])
-        cos, sin = self.decoder.rotary_emb(hidden, positions[:, None])
+        cos, sin = self.decoder.rotary_emb(hidden, positions[:, None])  # (rows, 1, dim)
         hidden = hidden[:, 0]
-        cos, sin = cos[:, None], sin[:, None]  # (rows, 1, 1, dim): over heads
         attend = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
         attend = attend.masked_fill_(mask == 0, float("-inf"))[:, None, None, :]
         for layer, cached, (qkv, o, gate_up, down_proj) in zip(
@@ -189,7 +192,7 @@ class DecodeForward:
             k, v = k.view(rows, -1, 1, dim), v.view(rows, -1, 1, dim)
             if self.qk_norm:
                 q, k = _rms_norm(attention.q_norm, q), _rms_norm(attention.k_norm, k)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            q, k = self._rotate(q, k, cos, sin)  # cos and sin broadcast over the heads
             keys, values = cached.update(k, v)
             # (rows, kv heads, groups, dim): a key/value head's query heads attend together
             out = F.scaled_dot_product_attention(
@@ -210,6 +213,11 @@ def _family(model: torch.nn.Module) -> str | None:
     if len(parts) != 4 or parts[:2] != ["transformers", "models"] or parts[2] not in FAMILIES:
         return None
     return parts[2] if type(model).__name__ == f"{FAMILIES[parts[2]]}ForCausalLM" else None
+
+
+def _family_module(model: torch.nn.Module):
+    """The transformers module that defines `model`'s class (its family's functions)."""
+    return sys.modules[type(model).__module__]
 
 
 def _patched(module: torch.nn.Module) -> bool:
@@ -233,9 +241,3 @@ def _products(
 
 def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding as transformers applies it (halves rotated, not interleaved)."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin

@@ -14,6 +14,13 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 _MIN_HEADROOM = 64
 
 
+def uses_sliding_window(config) -> bool:
+    """Whether a model's attention is windowed. Windows count cache columns, so they would count
+    padding inside a row (between a cached prefix and the rest of a prompt) as tokens."""
+    window = getattr(config, "sliding_window", None)
+    return bool(window) and getattr(config, "use_sliding_window", True) is not False
+
+
 class BufferedLayer(DynamicLayer):
     """One layer's keys and values in a growable buffer; `keys`/`values` view the valid part."""
 

@@ -127,17 +127,13 @@ def packed_linears(model: torch.nn.Module) -> Iterator[None]:
 def _pack(layers: tuple[torch.nn.Linear, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
     weights = [layer.weight.detach() for layer in layers]
     weight = weights[0] if len(weights) == 1 else torch.cat(weights)
-    if all(layer.bias is None for layer in layers):
-        bias = None
-    elif len(layers) == 1:
-        bias = layers[0].bias.detach()
-    else:
-        bias = torch.cat(
-            [
-                layer.bias.detach() if layer.bias is not None else w.new_zeros(w.shape[0])
-                for layer, w in zip(layers, weights, strict=True)
-            ]
-        )
+    bias = None  # side by side, a layer without a bias adds zeros
+    if any(layer.bias is not None for layer in layers):
+        parts = [
+            layer.bias.detach() if layer.bias is not None else w.new_zeros(w.shape[0])
+            for layer, w in zip(layers, weights, strict=True)
+        ]
+        bias = torch.cat(parts)
     return torch.ops.mkldnn._reorder_linear_weight(weight), bias
 
 

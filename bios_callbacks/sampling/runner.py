@@ -16,7 +16,7 @@ from torch.profiler import record_function
 from bios_callbacks.models.tokens import pad_token_id
 from bios_callbacks.models.train_flags import evaluation_mode
 from bios_callbacks.sampling.decode_forward import DecodeForward
-from bios_callbacks.sampling.kv_cache import BatchCache
+from bios_callbacks.sampling.kv_cache import BatchCache, uses_sliding_window
 from bios_callbacks.sampling.packed_linear import WeightPacks, packed_linears
 from bios_callbacks.sampling.prefix_cache import PrefixCache, SharedPrefix
 from bios_callbacks.sampling.request import Part
@@ -109,7 +109,7 @@ class ModelRunner:
         forward_args = inspect.signature(_base_model(model).forward).parameters
         self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
         self._trim_logits = "logits_to_keep" in forward_args
-        caching = prefix_caching and not _uses_sliding_window(text_config)
+        caching = prefix_caching and not uses_sliding_window(text_config)
         self._prefixes = PrefixCache(self._encode_prefix) if caching else None
         self._decode_now: DecodeForward | None = None  # while serving, where usable
         self.keep_packs = False
@@ -129,10 +129,7 @@ class ModelRunner:
         cache checked against the weights."""
         if self._prefixes is not None:
             self._prefixes.check_weights(self.model)
-        lean = None
-        if self.lean_decode and self.compute_dtype is None:
-            lean = DecodeForward.for_model(self.model)
-        lean = lean if lean is not None and lean.usable() else None
+        lean = self._own_decode_loop()
         keep = self.keep_packs and self.pack_weights and lean is not None
         if keep:
             self._kept_packs.keep_only(lean.product_groups())
@@ -152,6 +149,13 @@ class ModelRunner:
                 yield
             finally:
                 self._decode_now = None
+
+    def _own_decode_loop(self) -> DecodeForward | None:
+        """The own decode loop for a busy period, where the settings and the model allow it."""
+        if not self.lean_decode or self.compute_dtype is not None:
+            return None
+        lean = DecodeForward.for_model(self.model)
+        return lean if lean is not None and lean.usable() else None
 
     def release(self) -> None:
         """Frees what is kept between busy periods (packed weights)."""
@@ -258,13 +262,6 @@ def _base_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under a peft wrapper, if any."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
-
-
-def _uses_sliding_window(config) -> bool:
-    """Sliding windows count cache columns, so they would count the padding between a cached
-    prefix and the rest of a prompt as tokens."""
-    window = getattr(config, "sliding_window", None)
-    return bool(window) and getattr(config, "use_sliding_window", True) is not False
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer) -> set[int]:

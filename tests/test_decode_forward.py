@@ -10,6 +10,7 @@ import copy
 import pytest
 import torch
 from tiny import make_tiny_model
+from torch.profiler import profile
 
 from bios_callbacks import types
 from bios_callbacks.sampling.client import SamplingClient
@@ -144,6 +145,34 @@ def test_packs_are_kept_between_busy_periods_on_request(keep, tiny_model, tokeni
     assert not runner._kept_packs._packs  # nothing kept after release
     with shared_packs(tiny_model) as now:
         assert now is not first  # nor held for the model after its busy periods
+
+
+def _packed_rows(runner: ModelRunner, requests: list[Request]) -> list[int]:
+    """Decodes `requests` in one busy period; the input rows of each product run on packs."""
+    parts = [(request, range(1)) for request in requests]
+    with runner.serving(), profile(record_shapes=True) as prof:
+        batch = runner.prefill(parts)
+        while len(batch):
+            runner.decode(batch)
+    return [
+        event.input_shapes[0][0]
+        for event in prof.events()
+        if event.name == "mkldnn::_linear_pointwise"
+    ]
+
+
+def test_few_rows_run_packed_and_a_lone_request_does_not_pack(tiny_model, tokenizer):
+    runner = ModelRunner(tiny_model, tokenizer, compute_dtype=None, prefix_caching=False)
+    prompts = _prompts(tokenizer, 2)
+
+    def request(prompt: list[int], tokens: int) -> Request:
+        params = types.SamplingParams(max_tokens=tokens, temperature=0.0)
+        return Request(prompt, 1, params, max_new_tokens=tokens)
+
+    # two rows, then the longer answer alone: both on the packs made for the two
+    rows = _packed_rows(runner, [request(prompts[0], 3), request(prompts[1], 6)])
+    assert set(rows) == {2, 1}
+    assert not _packed_rows(runner, [request(prompts[0], 6)])  # one request: not worth packing
 
 
 def test_another_engines_packed_layers_do_not_refuse_it(tiny_model):

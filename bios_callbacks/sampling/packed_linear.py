@@ -13,9 +13,10 @@ decode loop, `decode_forward`, does that for q/k/v and gate/up). `packed_linears
 lets a model's own `nn.Linear` layers use packed copies while a block runs.
 
 Only float32 weights on CPU qualify (oneDNN's bf16 path needs AVX-512 or AVX-NE-CONVERT).
-Only decode steps (one token per sequence) of 2+ sequences with `DECODE_ROWS` rows use the
-packs; a batch of one sequence, a prefill, and anything computed with gradients or under
-autocast keep the plain layer, so a busy period of single requests never packs.
+Only decode steps (one token per sequence) of up to `DECODE_ROWS` rows use the packs, and a
+step of one sequence only once they are made (the last long answer of a batch); a prefill, and
+anything computed with gradients or under autocast keep the plain layer, so a busy period of
+single requests never packs.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import torch
 
 from bios_callbacks.models.shared_blocks import SharedBlocks
 
-DECODE_ROWS = (8, 256)
-"""Products with this many input rows use the packed weights. Below, oneDNN's per-call cost
-shows; above (a prefill), MKL's `sgemm` is faster (115-170 vs 95-140 GFLOP/s at 1344 rows)."""
+DECODE_ROWS = 256
+"""Products with at most this many input rows use the packed weights. Above (a prefill), MKL's
+`sgemm` is faster (115-170 vs 95-140 GFLOP/s at 1344 rows); below, oneDNN is: a SmolLM2-135M
+decode step of 2-12 rows ran 1.4-2.1x faster packed, of 1 row 1.25x (AVX2 EPYC, 2026-12-02)."""
 
 _patched_blocks = SharedBlocks()  # the layers patched while blocks run on a model
 _pack_blocks = SharedBlocks()  # the packs shared by the blocks open on a model
@@ -52,6 +54,11 @@ class WeightPacks:
     def __init__(self) -> None:
         self._packs: dict[tuple[torch.nn.Linear, ...], tuple[tuple, torch.Tensor, object]] = {}
         self._lock = threading.Lock()  # two engines over one model pack each weight once
+
+    @property
+    def made(self) -> bool:
+        """Whether any weight is packed yet."""
+        return bool(self._packs)
 
     def linear(self, x: torch.Tensor, layers: tuple[torch.nn.Linear, ...]) -> torch.Tensor:
         """`x` through `layers` side by side: their outputs concatenated on the last dim."""
@@ -86,9 +93,11 @@ def is_packed_forward(forward: object) -> bool:
     return getattr(forward, "_bios_packed", False)
 
 
-def packable(rows: int, sequences: int) -> bool:
-    """Whether a product of `rows` input rows from `sequences` sequences runs faster packed."""
-    return sequences > 1 and DECODE_ROWS[0] <= rows <= DECODE_ROWS[1]
+def packable(rows: int, sequences: int, packed: bool) -> bool:
+    """Whether a decode product of `rows` input rows from `sequences` sequences should run on
+    packed weights, where `packed` says whether packs are made already: one sequence is not
+    worth packing for (0.4 s for SmolLM2-135M), but runs faster on packs that exist."""
+    return rows <= DECODE_ROWS and (sequences > 1 or packed)
 
 
 @contextlib.contextmanager
@@ -154,7 +163,7 @@ def _packed_forward(
         if (
             x.dim() != 3
             or x.shape[1] != 1  # a prefill: MKL is as fast at its row counts, and needs no pack
-            or not packable(x.shape[0], x.shape[0])
+            or not packable(x.shape[0], x.shape[0], packs.made)
             or x.dtype != module.weight.dtype
             or torch.is_grad_enabled()
             or torch.is_autocast_enabled("cpu")

@@ -1,10 +1,13 @@
-"""Where a decode step's time goes, against the machine's matmul peak measured in the same run.
+"""Where a decode step's time goes, against the machine's matmul peak measured in the same run,
+and how steps of few rows (a batch's tail) run on MKL's products vs packed weights.
 
-Used by `bench/sampling.py`; run alone (`python -m bench.decode_step`) for just the breakdown.
+Used by `bench/sampling.py`; run alone (`python -m bench.decode_step`) for just these.
 """
 
 from __future__ import annotations
 
+import contextlib
+import statistics
 import time
 
 import torch
@@ -108,6 +111,42 @@ def print_breakdown(model, tokenizer, prompts: list[list[int]], peak: float) -> 
     )
 
 
+def few_row_steps(
+    model: torch.nn.Module, tokenizer, prompts: list[list[int]], *, steps: int = 6
+) -> tuple[float, float]:
+    """Median milliseconds per decode step of `prompts` as one batch on the own decode loop,
+    `(plain, packed)`: MKL's products against oneDNN's packed weights, in alternating steps."""
+    params = types.SamplingParams(max_tokens=2 * steps + 8, temperature=0.0)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    with contextlib.ExitStack() as stack:
+        batches = {}
+        for packed in times:
+            runner = ModelRunner(model, tokenizer, compute_dtype=None, prefix_caching=False)
+            runner.pack_weights = packed
+            stack.enter_context(runner.serving())
+            parts = [
+                (Request(p, 1, params, max_new_tokens=2 * steps + 8), range(1)) for p in prompts
+            ]
+            batches[packed] = (runner, runner.prefill(parts))
+        for _ in range(steps + 1):  # the first of each is a warm-up (and packing)
+            for packed, (runner, batch) in batches.items():
+                start = time.perf_counter()
+                runner.decode(batch)
+                times[packed].append(time.perf_counter() - start)
+    return tuple(statistics.median(times[packed][1:]) * 1e3 for packed in (False, True))
+
+
+def print_few_rows(model, tokenizer, prompts: list[list[int]], counts=(2, 4, 8, 16)) -> None:
+    """Prints `few_row_steps` for batches of the first `counts` prompts: the end of a batch,
+    where the last long answers decode with few batch mates."""
+    print("\ndecode steps of few rows, own loop, ms: MKL's products vs packed weights")
+    print("| rows | MKL    | packed | packed speedup |")
+    print("|------|--------|--------|----------------|")
+    for count in counts:
+        plain, packed = few_row_steps(model, tokenizer, prompts[:count])
+        print(f"| {count:4d} | {plain:6.1f} | {packed:6.1f} | {plain / packed:13.2f}x |")
+
+
 def main() -> None:
     from bench.sampling import prompts
     from bios_callbacks.models import EMBEDDED_MODEL, load_model
@@ -116,6 +155,7 @@ def main() -> None:
     peak = matmul_peak()
     print(f"matmul peak {peak / 1e9:.0f} GFLOP/s (fp32, {torch.get_num_threads()} threads)")
     print_breakdown(model, tokenizer, prompts(tokenizer, 32), peak)
+    print_few_rows(model, tokenizer, prompts(tokenizer, 32))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ transformers' forward on packed weights (packed anew in each run), with plain we
 transformers' forward, and as one padded `generate` call.
 Every configuration also shows the share of the fp32 matmul peak it reaches (the best 1024^3
 matmul measured so far in this run; FLOPs counted over the linear layers). A per-step
-breakdown of a 32-row decode step follows (`bench/decode_step.py`).
+breakdown of a 32-row decode step follows, then steps of 2-16 rows with and without packed
+weights (`bench/decode_step.py`).
 
 Then a few-shot eval workload (every prompt opens with the same instructions and examples, short
 answers) with prefix caching on and off, and the dtype comparison.
@@ -32,7 +33,7 @@ import time
 
 import torch
 
-from bench.decode_step import flops_per_token, matmul_peak, print_breakdown
+from bench.decode_step import flops_per_token, matmul_peak, print_breakdown, print_few_rows
 from bios_callbacks import types
 from bios_callbacks.models import EMBEDDED_MODEL, load_model
 from bios_callbacks.models.tokens import pad_token_id
@@ -260,6 +261,7 @@ def main() -> None:
     for each in clients.values():
         each.close()
     print_breakdown(model, tokenizer, batch, max(peak, matmul_peak()))
+    print_few_rows(model, tokenizer, batch)
     compare_prefix_caching(model, tokenizer, args.prompts, args.repeats)
     compare_bfloat16(tokenizer, batch, [args.max_tokens] * len(batch), model)
     print(f"\nmatmul peak at the end of the run {matmul_peak() / 1e9:.0f} GFLOP/s")

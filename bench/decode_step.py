@@ -55,12 +55,9 @@ def step_breakdown(
     choice), `cache and mask copies`, `other` (norms, RoPE, activations, Python), and
     `live columns` (the share of attention columns that are not padding, in [0, 1]).
     """
-    runner = ModelRunner(model, tokenizer, compute_dtype=None, prefix_caching=False)
-    runner.pack_weights, runner.lean_decode = packed, lean
-    params = types.SamplingParams(max_tokens=steps + 8, temperature=0.0)
-    parts = [(Request(p, 1, params, max_new_tokens=steps + 8), range(1)) for p in prompts]
+    runner = _runner(model, tokenizer, packed=packed, lean=lean)
     with runner.serving():
-        batch = runner.prefill(parts)
+        batch = runner.prefill(_greedy_parts(prompts, steps + 8))
         runner.decode(batch)  # warm-up (and packing)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
@@ -77,6 +74,19 @@ def step_breakdown(
     }
     step = total_ms["bench.step"]
     return {"step": step, **parts_ms, "other": step - sum(parts_ms.values()), "live columns": live}
+
+
+def _runner(model: torch.nn.Module, tokenizer, *, packed: bool, lean: bool) -> ModelRunner:
+    """A runner with packed weights or not, and the own decode loop or transformers' forward."""
+    runner = ModelRunner(model, tokenizer, compute_dtype=None, prefix_caching=False)
+    runner.pack_weights, runner.lean_decode = packed, lean
+    return runner
+
+
+def _greedy_parts(prompts: list[list[int]], tokens: int) -> list:
+    """One greedy sample of up to `tokens` new tokens for each prompt, as the runner takes them."""
+    params = types.SamplingParams(max_tokens=tokens, temperature=0.0)
+    return [(Request(p, 1, params, max_new_tokens=tokens), range(1)) for p in prompts]
 
 
 CONFIGURATIONS = {
@@ -116,18 +126,13 @@ def few_row_steps(
 ) -> tuple[float, float]:
     """Median milliseconds per decode step of `prompts` as one batch on the own decode loop,
     `(plain, packed)`: MKL's products against oneDNN's packed weights, in alternating steps."""
-    params = types.SamplingParams(max_tokens=2 * steps + 8, temperature=0.0)
     times: dict[bool, list[float]] = {False: [], True: []}
     with contextlib.ExitStack() as stack:
         batches = {}
         for packed in times:
-            runner = ModelRunner(model, tokenizer, compute_dtype=None, prefix_caching=False)
-            runner.pack_weights = packed
+            runner = _runner(model, tokenizer, packed=packed, lean=True)
             stack.enter_context(runner.serving())
-            parts = [
-                (Request(p, 1, params, max_new_tokens=2 * steps + 8), range(1)) for p in prompts
-            ]
-            batches[packed] = (runner, runner.prefill(parts))
+            batches[packed] = (runner, runner.prefill(_greedy_parts(prompts, steps + 8)))
         for _ in range(steps + 1):  # the first of each is a warm-up (and packing)
             for packed, (runner, batch) in batches.items():
                 start = time.perf_counter()

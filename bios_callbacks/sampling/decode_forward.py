@@ -176,9 +176,9 @@ class DecodeForward:
         (rows,), attending to the cache's columns plus this one as `mask` (rows, columns) says;
         writes the new keys and values into `cache`."""
         rows, dim = tokens.shape[0], self.head_dim
-        packs = self._packs
-        if packs is not None and not packable(rows, rows, packs.made):
-            packs = None
+        packs = (
+            self._packs if self._packs is not None and packable(rows, self._packs.made) else None
+        )
         # called as transformers calls them in a decode step, so their hooks see the same
         hidden = self.decoder.embed_tokens(tokens[:, None])
         cos, sin = self.decoder.rotary_emb(hidden, positions[:, None])  # (rows, 1, dim)

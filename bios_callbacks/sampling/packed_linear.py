@@ -93,11 +93,11 @@ def is_packed_forward(forward: object) -> bool:
     return getattr(forward, "_bios_packed", False)
 
 
-def packable(rows: int, sequences: int, packed: bool) -> bool:
-    """Whether a decode product of `rows` input rows from `sequences` sequences should run on
-    packed weights, where `packed` says whether packs are made already: one sequence is not
-    worth packing for (0.4 s for SmolLM2-135M), but runs faster on packs that exist."""
-    return rows <= DECODE_ROWS and (sequences > 1 or packed)
+def packable(rows: int, packed: bool) -> bool:
+    """Whether a decode step of `rows` sequences (one input row each) should run on packed
+    weights, where `packed` says whether packs are made already: one sequence is not worth
+    packing for (0.4 s for SmolLM2-135M), but runs faster on packs that exist."""
+    return rows <= DECODE_ROWS and (rows > 1 or packed)
 
 
 @contextlib.contextmanager
@@ -163,7 +163,7 @@ def _packed_forward(
         if (
             x.dim() != 3
             or x.shape[1] != 1  # a prefill: MKL is as fast at its row counts, and needs no pack
-            or not packable(x.shape[0], x.shape[0], packs.made)
+            or not packable(x.shape[0], packs.made)
             or x.dtype != module.weight.dtype
             or torch.is_grad_enabled()
             or torch.is_autocast_enabled("cpu")

@@ -1,5 +1,6 @@
 """Where a decode step's time goes, against the machine's matmul peak measured in the same run,
-and how steps of few rows (a batch's tail) run on MKL's products vs packed weights.
+how steps of few rows (a batch's tail) run on MKL's products vs packed weights, and how
+tokens/s grows with the rows in a step.
 
 Used by `bench/sampling.py`; run alone (`python -m bench.decode_step`) for just these.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+from collections.abc import Hashable
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -126,19 +128,34 @@ def few_row_steps(
 ) -> tuple[float, float]:
     """Median milliseconds per decode step of `prompts` as one batch on the own decode loop,
     `(plain, packed)`: MKL's products against oneDNN's packed weights, in alternating steps."""
-    times: dict[bool, list[float]] = {False: [], True: []}
+    step_ms = alternating_steps(
+        model, tokenizer, {packed: (prompts, packed) for packed in (False, True)}, steps=steps
+    )
+    return step_ms[False], step_ms[True]
+
+
+def alternating_steps(
+    model: torch.nn.Module,
+    tokenizer,
+    batches: dict[Hashable, tuple[list[list[int]], bool]],
+    *,
+    steps: int = 6,
+) -> dict[Hashable, float]:
+    """Median milliseconds per decode step of each of `batches` (key: `(prompts, packed)`, one
+    greedy batch on the own decode loop with packed weights or MKL's), stepping in turn."""
+    times: dict[Hashable, list[float]] = {key: [] for key in batches}
     with contextlib.ExitStack() as stack:
-        batches = {}
-        for packed in times:
+        running = {}
+        for key, (prompts, packed) in batches.items():
             runner = _runner(model, tokenizer, packed=packed, lean=True)
             stack.enter_context(runner.serving())
-            batches[packed] = (runner, runner.prefill(_greedy_parts(prompts, steps + 8)))
+            running[key] = (runner, runner.prefill(_greedy_parts(prompts, steps + 8)))
         for _ in range(steps + 1):  # the first of each is a warm-up (and packing)
-            for packed, (runner, batch) in batches.items():
+            for key, (runner, batch) in running.items():
                 start = time.perf_counter()
                 runner.decode(batch)
-                times[packed].append(time.perf_counter() - start)
-    return tuple(statistics.median(times[packed][1:]) * 1e3 for packed in (False, True))
+                times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(each[1:]) * 1e3 for key, each in times.items()}
 
 
 def print_few_rows(model, tokenizer, prompts: list[list[int]], counts=(2, 4, 8, 16)) -> None:
@@ -152,6 +169,19 @@ def print_few_rows(model, tokenizer, prompts: list[list[int]], counts=(2, 4, 8, 
         print(f"| {count:4d} | {plain:6.1f} | {packed:6.1f} | {plain / packed:13.2f}x |")
 
 
+def print_rows_per_step(model, tokenizer, prompts: list[list[int]], counts=(16, 32, 64, 128)):
+    """Prints the tokens/s of decode steps of the first `counts` prompts as one batch (own
+    loop, packed weights) against 32 rows: why `max_batch_size` defaults to 64."""
+    batches = {count: (prompts[:count], True) for count in counts}
+    step_ms = alternating_steps(model, tokenizer, batches)
+    print("\ndecode steps of more rows, own loop, packed: tokens/s vs 32 rows")
+    print("| rows | ms/step | tokens/s | vs 32 rows |")
+    print("|------|---------|----------|------------|")
+    for count, ms in step_ms.items():
+        rate = count / ms * 1e3
+        print(f"| {count:4d} | {ms:7.1f} | {rate:8.1f} | {rate / (32 / step_ms[32] * 1e3):9.2f}x |")
+
+
 def main() -> None:
     from bench.sampling import prompts
     from bios_callbacks.models import EMBEDDED_MODEL, load_model
@@ -161,6 +191,7 @@ def main() -> None:
     print(f"matmul peak {peak / 1e9:.0f} GFLOP/s (fp32, {torch.get_num_threads()} threads)")
     print_breakdown(model, tokenizer, prompts(tokenizer, 32), peak)
     print_few_rows(model, tokenizer, prompts(tokenizer, 32))
+    print_rows_per_step(model, tokenizer, prompts(tokenizer, 128))
 
 
 if __name__ == "__main__":

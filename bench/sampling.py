@@ -19,9 +19,10 @@ transformers' forward, and as one padded `generate` call.
 Every configuration also shows the share of the fp32 matmul peak it reaches (the best 1024^3
 matmul measured so far in this run; FLOPs counted over the linear layers). A per-step
 breakdown of a 32-row decode step follows, then steps of 2-16 rows with and without packed
-weights (`bench/decode_step.py`).
+weights, and the tokens/s of steps of 16-128 rows (`bench/decode_step.py`).
 
-Then a few-shot eval workload (every prompt opens with the same instructions and examples, short
+Then 64 concurrent requests on clients decoding 32 vs 64 at once (`max_batch_size`), a
+few-shot eval workload (every prompt opens with the same instructions and examples, short
 answers) with prefix caching on and off, and the dtype comparison.
 """
 
@@ -33,7 +34,13 @@ import time
 
 import torch
 
-from bench.decode_step import flops_per_token, matmul_peak, print_breakdown, print_few_rows
+from bench.decode_step import (
+    flops_per_token,
+    matmul_peak,
+    print_breakdown,
+    print_few_rows,
+    print_rows_per_step,
+)
 from bios_callbacks import types
 from bios_callbacks.models import EMBEDDED_MODEL, load_model
 from bios_callbacks.models.tokens import pad_token_id
@@ -262,9 +269,43 @@ def main() -> None:
         each.close()
     print_breakdown(model, tokenizer, batch, max(peak, matmul_peak()))
     print_few_rows(model, tokenizer, batch)
+    print_rows_per_step(model, tokenizer, prompts(tokenizer, 128))
+    compare_batch_sizes(model, tokenizer, args.repeats)
     compare_prefix_caching(model, tokenizer, args.prompts, args.repeats)
     compare_bfloat16(tokenizer, batch, [args.max_tokens] * len(batch), model)
     print(f"\nmatmul peak at the end of the run {matmul_peak() / 1e9:.0f} GFLOP/s")
+
+
+def compare_batch_sizes(model, tokenizer, repeats: int, count: int = 64) -> None:
+    """`count` concurrent requests, equal and varied lengths, on clients with `max_batch_size`
+    32 (the default until 2026-12-03) and 64 (the default now), alternating runs, median of
+    each."""
+    batch = prompts(tokenizer, count)
+    clients = {
+        size: SamplingClient.from_module(
+            model, tokenizer, max_batch_size=size, keep_packed_weights=True
+        )
+        for size in (32, 64)
+    }
+    for client in clients.values():
+        run_concurrent(client, batch[:2], [4, 4])  # warm-up (and packing)
+    print(f"\n{count} concurrent requests, max_batch_size 32 vs 64:")
+    for workload, limits in (
+        ("equal (64 tokens)", [64] * count),
+        ("varied (8-128 tokens)", [VARIED_LENGTHS[i % len(VARIED_LENGTHS)] for i in range(count)]),
+    ):
+        runs: dict[int, list[tuple[int, float]]] = {size: [] for size in clients}
+        for _ in range(repeats):
+            for size, client in clients.items():
+                runs[size].append(run_concurrent(client, batch, limits))
+        medians = {size: _median_run(each) for size, each in runs.items()}
+        rate = {size: tokens / seconds for size, (tokens, seconds) in medians.items()}
+        print(
+            f"  {workload:<22} {rate[32]:7.1f} vs {rate[64]:7.1f} tokens/s  "
+            f"{rate[64] / rate[32]:.2f}x"
+        )
+    for client in clients.values():
+        client.close()
 
 
 def compare_prefix_caching(model, tokenizer, count: int, repeats: int) -> None:

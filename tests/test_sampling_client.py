@@ -87,6 +87,18 @@ def test_batch_and_memory_bounds_are_respected(tiny_model, tokenizer, bound):
     assert [r.sequences[0].tokens for r in results] == expected
 
 
+def test_by_default_64_requests_decode_as_one_batch(tiny_model, tokenizer):
+    rows: list[int] = []
+    hook = tiny_model.register_forward_hook(
+        lambda m, args, kw, out: rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    params = types.SamplingParams(max_tokens=4, temperature=0.0)
+    with SamplingClient.from_module(tiny_model, tokenizer) as client:
+        asyncio.run(_gather(client, _prompts(tokenizer, 65), [params] * 65))
+    hook.remove()
+    assert max(rows) == 64  # the 65th waits for a free row
+
+
 @pytest.mark.parametrize("bound", ["max_batch_size", "max_cache_tokens"])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_many_samples_decode_in_waves_within_the_bounds(tiny_model, tokenizer, bound, temperature):

@@ -93,7 +93,7 @@ class InspectAPIFromBiosSampling(ModelAPI):
             `$BIOS_BASE_URL`); `model_name` is the name the server serves. `api_key` (or
             `$BIOS_API_KEY`) is its bearer token.
         config: Inspect's generation settings (passed by `get_model`); when the provider loads
-            the model itself, `max_connections` (default 32) is also its batch size.
+            the model itself, `max_connections` (default 64) is also its batch size.
         include_reasoning: return a thinking renderer's reasoning (Qwen3's `<think>` block) as
             Inspect `ContentReasoning` before the answer's `ContentText`; by default (False)
             only the answer's text is returned, so scorers see the answer alone

@@ -13,7 +13,7 @@ base_url=URL samples on a serving engine's OpenAI-compatible endpoint (llama.cpp
 Keys (key=value): model_path (checkpoint directory or bios://run/name; omit it to evaluate
 model_name), model_name, tasks (comma-separated: registry names, file.py@task, module:task),
 renderer_name (default: the checkpoint's, else the model's default), limit, temperature
-(default 0: greedy), max_tokens, max_connections (samples decoded together, default 32),
+(default 0: greedy), max_tokens, max_connections (samples decoded together, default 64),
 log_dir (Inspect logs), dtype (weights: float32, the default, or bfloat16, measured 1.2-1.7x
 faster on CPUs with AVX512-BF16 or AMX and 0.3x on AVX2-only ones).
 

@@ -94,7 +94,7 @@ class ServerSamplingClient:
         model: the name to request (one of the server's `/v1/models`); default: its only model.
         tokenizer_name: the tokenizer to load for `.tokenizer` (default: `model`).
         api_key: sent as `Authorization: Bearer <api_key>` (vLLM's `--api-key`).
-        max_batch_size: most samples in flight at once (default 32), at most the server's
+        max_batch_size: most samples in flight at once (default 64), at most the server's
             parallel slots where it says (llama.cpp).
         timeout_s: connect timeout, and the longest wait for the next streamed token.
         max_retries: retries of a request after 429, 5xx, refused or reset connections.

@@ -23,6 +23,7 @@ from inspect_ai.scorer import includes
 from inspect_ai.solver import generate
 from renderer_tokenizers import qwen3_tokenizer
 
+from bios_callbacks.eval.inspect_evaluators import InspectEvaluatorBuilder
 from bios_callbacks.eval.inspect_runner import preserved_terminal
 from bios_callbacks.eval.inspect_utils import (
     InspectAPIFromBiosSampling,
@@ -267,6 +268,26 @@ def test_default_concurrency_is_the_clients_batch_size(tiny_model, tokenizer, tm
     client.close()
     assert log.status == "success"
     assert counting.peak == 5
+
+
+def test_an_inline_round_keeps_the_clients_batch_in_flight(tiny_model, tokenizer, tmp_path):
+    client = SamplingClient.from_module(tiny_model, tokenizer, max_batch_size=3)
+    counting = InFlight(client)
+    task = Task(
+        dataset=MemoryDataset([Sample(input=f"Count to {i}", target="1") for i in range(8)]),
+        solver=generate(),
+        scorer=includes(),
+    )
+    builder = InspectEvaluatorBuilder(
+        tasks=[task], renderer_name="chatml", max_tokens=4, log_dir=tmp_path
+    )
+    with preserved_terminal():
+        metrics = asyncio.run(builder()(counting))
+    client.close()
+    assert "includes/accuracy" in metrics
+    assert counting.peak == 3  # the client's batch, neither more nor fewer
+    with pytest.raises(ValueError, match="max_connections=0"):
+        InspectEvaluatorBuilder(tasks=[task], renderer_name="chatml", max_connections=0)
 
 
 def test_unknown_model_argument_names_the_valid_ones(tiny_model, tokenizer):

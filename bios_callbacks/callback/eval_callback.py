@@ -94,7 +94,7 @@ class EvalCallback(Callback):
             while a round runs (samples finished so far, evaluators still running).
         sampling_options: keyword arguments for the live sampling client,
             ``SamplingClient.from_module(model, tokenizer, **sampling_options)``, e.g.
-            ``{"max_batch_size": 64, "compute_dtype": torch.bfloat16}`` for faster rounds.
+            ``{"max_batch_size": 128, "compute_dtype": torch.bfloat16}`` for faster rounds.
         async_infrequent: run infrequent rounds in the background on a copy of the weights of
             their step while training goes on (regular rounds stay synchronous). Needs the
             module's ``model`` + ``tokenizer``. Costs one copy of the trainable weights, made

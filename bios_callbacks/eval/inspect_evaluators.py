@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bios_callbacks.evaluators import SamplingClientEvaluator, Transcript
-from bios_callbacks.sampling.defaults import DEFAULT_MAX_BATCH_SIZE as DEFAULT_MAX_CONNECTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +77,11 @@ class InspectEvaluatorBuilder:
         log_dir: where `inspect_logs/` goes when the evaluator runs outside `EvalCallback`
             (default `$BIOS_CHECKPOINT_ROOT`, i.e. `./runs`); the callback's run directory
             replaces it.
-        temperature, max_tokens, max_connections: generation settings (0 = greedy; how many
-            samples are sampled together).
+        temperature, max_tokens: generation settings (0 = greedy).
+        max_connections: samples in flight at once; default: the sampling client's
+            `max_batch_size`, so a round fills the engine's batch (64 unless
+            `EvalCallback(sampling_options=...)` says otherwise; every rank's rows in a round
+            split over DDP/FSDP ranks).
         include_reasoning: hand a thinking renderer's reasoning to Inspect as well (see
             `InspectAPIFromBiosSampling`); by default scorers get the answer's text only.
     """
@@ -94,13 +96,18 @@ class InspectEvaluatorBuilder:
         log_dir: str | Path | None = None,
         temperature: float = 0.0,
         max_tokens: int | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections: int | None = None,
         include_reasoning: bool = False,
     ) -> None:
         if isinstance(tasks, str) or not tasks:
             raise ValueError(
                 f"InspectEvaluatorBuilder(tasks={tasks!r}): expected a non-empty list of tasks, "
                 "e.g. tasks=['path/to/file.py@my_task']."
+            )
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(
+                f"InspectEvaluatorBuilder(max_connections={max_connections!r}): expected at "
+                "least 1, or None for the sampling client's batch size."
             )
         self.tasks = list(tasks)
         self.renderer_name = renderer_name
@@ -165,7 +172,9 @@ class InspectEvaluator(SamplingClientEvaluator):
             include_reasoning=b.include_reasoning,
         )
         config = GenerateConfig(
-            max_connections=b.max_connections, temperature=b.temperature, max_tokens=b.max_tokens
+            max_connections=b.max_connections or api.max_connections(),
+            temperature=b.temperature,
+            max_tokens=b.max_tokens,
         )
         step_tag = f"step-{self.step}" if self.step is not None else f"round-{self.rounds}"
         self.rounds += 1

@@ -15,7 +15,7 @@ Example:
     >>> api = InspectAPIFromBiosSampling(  # doctest: +SKIP
     ...     renderer_name="chatml", model_name="HuggingFaceTB/SmolLM2-135M-Instruct",
     ...     sampling_client=client, verbose=False)
-    >>> eval(my_task, model=Model(api, GenerateConfig(max_connections=32)))  # doctest: +SKIP
+    >>> eval(my_task, model=Model(api, GenerateConfig(max_connections=64)))  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ class SamplingClient:
 
         Example:
             >>> client = SamplingClient.from_module(                      # doctest: +SKIP
-            ...     model, tokenizer, max_batch_size=64, compute_dtype=torch.bfloat16)
+            ...     model, tokenizer, max_batch_size=128, compute_dtype=torch.bfloat16)
         """
         engine = DecodeEngine(
             model,

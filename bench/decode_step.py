@@ -141,8 +141,9 @@ def alternating_steps(
     *,
     steps: int = 6,
 ) -> dict[Hashable, float]:
-    """Median milliseconds per decode step of each of `batches` (key: `(prompts, packed)`, one
-    greedy batch on the own decode loop with packed weights or MKL's), stepping in turn."""
+    """Median milliseconds per decode step of each of `batches`, by key; each value is
+    `(prompts, packed)`: one greedy batch on the own decode loop, on packed weights or MKL's.
+    The batches step in turn."""
     times: dict[Hashable, list[float]] = {key: [] for key in batches}
     with contextlib.ExitStack() as stack:
         running = {}
@@ -169,17 +170,21 @@ def print_few_rows(model, tokenizer, prompts: list[list[int]], counts=(2, 4, 8, 
         print(f"| {count:4d} | {plain:6.1f} | {packed:6.1f} | {plain / packed:13.2f}x |")
 
 
-def print_rows_per_step(model, tokenizer, prompts: list[list[int]], counts=(16, 32, 64, 128)):
+def print_rows_per_step(
+    model, tokenizer, prompts: list[list[int]], counts: tuple[int, ...] = (16, 32, 64, 128)
+) -> None:
     """Prints the tokens/s of decode steps of the first `counts` prompts as one batch (own
-    loop, packed weights) against 32 rows: why `max_batch_size` defaults to 64."""
+    loop, packed weights) against 32 rows: why `max_batch_size` defaults to 64. `counts`
+    holds 32, and `prompts` at least `max(counts)` prompts."""
     batches = {count: (prompts[:count], True) for count in counts}
     step_ms = alternating_steps(model, tokenizer, batches)
+    base = 32 / step_ms[32] * 1e3
     print("\ndecode steps of more rows, own loop, packed: tokens/s vs 32 rows")
     print("| rows | ms/step | tokens/s | vs 32 rows |")
     print("|------|---------|----------|------------|")
     for count, ms in step_ms.items():
         rate = count / ms * 1e3
-        print(f"| {count:4d} | {ms:7.1f} | {rate:8.1f} | {rate / (32 / step_ms[32] * 1e3):9.2f}x |")
+        print(f"| {count:4d} | {ms:7.1f} | {rate:8.1f} | {rate / base:9.2f}x |")
 
 
 def main() -> None:

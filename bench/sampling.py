@@ -102,6 +102,11 @@ def prompts(tokenizer, count: int) -> list[list[int]]:
     ]
 
 
+def varied_limits(count: int) -> list[int]:
+    """`max_tokens` of `count` requests of the varied workload, cycling through VARIED_LENGTHS."""
+    return [VARIED_LENGTHS[i % len(VARIED_LENGTHS)] for i in range(count)]
+
+
 def run_sequential(client, batch, limits) -> tuple[int, float]:
     async def go():
         total = 0
@@ -223,7 +228,7 @@ def main() -> None:
         if workload == "equal":
             limits = [args.max_tokens] * len(batch)
         else:
-            limits = [VARIED_LENGTHS[i % len(VARIED_LENGTHS)] for i in range(len(batch))]
+            limits = varied_limits(len(batch))
         rows = [
             (
                 f"sequential x{args.sequential}",
@@ -277,7 +282,8 @@ def main() -> None:
 
 
 def compare_batch_sizes(model, tokenizer, repeats: int, count: int = 64) -> None:
-    """`count` concurrent requests, equal and varied lengths, on clients with `max_batch_size`
+    """`count` concurrent requests (the 32 topics over again), equal and varied lengths, on
+    clients with `max_batch_size`
     32 (the default until 2026-12-03) and 64 (the default now), alternating runs, median of
     each."""
     batch = prompts(tokenizer, count)
@@ -287,25 +293,27 @@ def compare_batch_sizes(model, tokenizer, repeats: int, count: int = 64) -> None
         )
         for size in (32, 64)
     }
-    for client in clients.values():
-        run_concurrent(client, batch[:2], [4, 4])  # warm-up (and packing)
-    print(f"\n{count} concurrent requests, max_batch_size 32 vs 64:")
-    for workload, limits in (
-        ("equal (64 tokens)", [64] * count),
-        ("varied (8-128 tokens)", [VARIED_LENGTHS[i % len(VARIED_LENGTHS)] for i in range(count)]),
-    ):
-        runs: dict[int, list[tuple[int, float]]] = {size: [] for size in clients}
-        for _ in range(repeats):
-            for size, client in clients.items():
-                runs[size].append(run_concurrent(client, batch, limits))
-        medians = {size: _median_run(each) for size, each in runs.items()}
-        rate = {size: tokens / seconds for size, (tokens, seconds) in medians.items()}
-        print(
-            f"  {workload:<22} {rate[32]:7.1f} vs {rate[64]:7.1f} tokens/s  "
-            f"{rate[64] / rate[32]:.2f}x"
-        )
-    for client in clients.values():
-        client.close()
+    try:
+        for client in clients.values():
+            run_concurrent(client, batch[:2], [4, 4])  # warm-up (and packing)
+        print(f"\n{count} concurrent requests, max_batch_size 32 vs 64:")
+        for workload, limits in (
+            ("equal (64 tokens)", [64] * count),
+            ("varied (8-128 tokens)", varied_limits(count)),
+        ):
+            runs: dict[int, list[tuple[int, float]]] = {size: [] for size in clients}
+            for _ in range(repeats):
+                for size, client in clients.items():
+                    runs[size].append(run_concurrent(client, batch, limits))
+            medians = {size: _median_run(each) for size, each in runs.items()}
+            rate = {size: tokens / seconds for size, (tokens, seconds) in medians.items()}
+            print(
+                f"  {workload:<22} {rate[32]:7.1f} vs {rate[64]:7.1f} tokens/s  "
+                f"{rate[64] / rate[32]:.2f}x"
+            )
+    finally:
+        for client in clients.values():
+            client.close()
 
 
 def compare_prefix_caching(model, tokenizer, count: int, repeats: int) -> None:

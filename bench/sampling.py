@@ -283,9 +283,8 @@ def main() -> None:
 
 def compare_batch_sizes(model, tokenizer, repeats: int, count: int = 64) -> None:
     """`count` concurrent requests (the 32 topics over again), equal and varied lengths, on
-    clients with `max_batch_size`
-    32 (the default until 2026-12-03) and 64 (the default now), alternating runs, median of
-    each."""
+    clients with `max_batch_size` 32 (the default until 2026-12-03) and 64 (the default now),
+    alternating runs, median of each."""
     batch = prompts(tokenizer, count)
     clients = {
         size: SamplingClient.from_module(

@@ -31,6 +31,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
 
 import torch
 
@@ -86,6 +89,7 @@ FEW_SHOT = (
     "Answer with the capital city only.\nQ: France\nA: Paris\nQ: Japan\nA: Tokyo\n"
     "Q: Kenya\nA: Nairobi\nQ: Peru\nA: Lima\nQ: Canada\nA: Ottawa\nQ: "
 )
+K = TypeVar("K")
 COUNTRIES = ["Italy", "Spain", "Egypt", "Chile", "India", "Norway", "Ghana", "Cuba"]
 
 
@@ -180,6 +184,21 @@ def run_generate_batch(model, tokenizer, batch, limit) -> tuple[int, float]:
 def _median_run(runs: list[tuple[int, float]]) -> tuple[int, float]:
     """The run with the median tokens/s."""
     return sorted(runs, key=lambda run: run[0] / run[1])[len(runs) // 2]
+
+
+def median_rates(
+    clients: dict[K, SamplingClient],
+    run: Callable[[SamplingClient], tuple[int, float]],
+    repeats: int,
+) -> dict[K, float]:
+    """Tokens/s of each of `clients` (by key) in the median of `repeats` runs of `run(client)`,
+    the clients taking turns."""
+    runs: dict[K, list[tuple[int, float]]] = {key: [] for key in clients}
+    for _ in range(repeats):
+        for key, client in clients.items():
+            runs[key].append(run(client))
+    medians = {key: _median_run(each) for key, each in runs.items()}
+    return {key: tokens / seconds for key, (tokens, seconds) in medians.items()}
 
 
 def _as_list(value) -> list[int]:
@@ -300,12 +319,8 @@ def compare_batch_sizes(model, tokenizer, repeats: int, count: int = 64) -> None
             ("equal (64 tokens)", [64] * count),
             ("varied (8-128 tokens)", varied_limits(count)),
         ):
-            runs: dict[int, list[tuple[int, float]]] = {size: [] for size in clients}
-            for _ in range(repeats):
-                for size, client in clients.items():
-                    runs[size].append(run_concurrent(client, batch, limits))
-            medians = {size: _median_run(each) for size, each in runs.items()}
-            rate = {size: tokens / seconds for size, (tokens, seconds) in medians.items()}
+            run = partial(run_concurrent, batch=batch, limits=limits)
+            rate = median_rates(clients, run, repeats)
             print(
                 f"  {workload:<22} {rate[32]:7.1f} vs {rate[64]:7.1f} tokens/s  "
                 f"{rate[64] / rate[32]:.2f}x"
@@ -335,17 +350,16 @@ def compare_prefix_caching(model, tokenizer, count: int, repeats: int) -> None:
         )
         for caching in (True, False)
     }
-    runs: dict[bool, list[tuple[int, float]]] = {True: [], False: []}
-    for _ in range(repeats):
-        for caching, client in clients.items():
-            results = [run_concurrent(client, batch[wave], limits[wave]) for wave in waves]
-            runs[caching].append((sum(r[0] for r in results), sum(r[1] for r in results)))
-    for client in clients.values():
-        client.close()
-    rate = {
-        caching: tokens / seconds
-        for caching, (tokens, seconds) in ((c, _median_run(r)) for c, r in runs.items())
-    }
+
+    def in_waves(client: SamplingClient) -> tuple[int, float]:
+        results = [run_concurrent(client, batch[wave], limits[wave]) for wave in waves]
+        return sum(r[0] for r in results), sum(r[1] for r in results)
+
+    try:
+        rate = median_rates(clients, in_waves, repeats)
+    finally:
+        for client in clients.values():
+            client.close()
     shared = next(i for i, (a, b) in enumerate(zip(*batch[:2], strict=False)) if a != b)
     print(
         f"\nfew-shot prompts ({len(batch[0])} tokens, {shared} shared), 8 new tokens, "

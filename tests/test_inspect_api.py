@@ -271,8 +271,6 @@ def test_default_concurrency_is_the_clients_batch_size(tiny_model, tokenizer, tm
 
 
 def test_an_inline_round_keeps_the_clients_batch_in_flight(tiny_model, tokenizer, tmp_path):
-    client = SamplingClient.from_module(tiny_model, tokenizer, max_batch_size=3)
-    counting = InFlight(client)
     task = Task(
         dataset=MemoryDataset([Sample(input=f"Count to {i}", target="1") for i in range(8)]),
         solver=generate(),
@@ -281,9 +279,10 @@ def test_an_inline_round_keeps_the_clients_batch_in_flight(tiny_model, tokenizer
     builder = InspectEvaluatorBuilder(
         tasks=[task], renderer_name="chatml", max_tokens=4, log_dir=tmp_path
     )
-    with preserved_terminal():
-        metrics = asyncio.run(builder()(counting))
-    client.close()
+    with SamplingClient.from_module(tiny_model, tokenizer, max_batch_size=3) as client:
+        counting = InFlight(client)
+        with preserved_terminal():
+            metrics = asyncio.run(builder()(counting))
     assert "includes/accuracy" in metrics
     assert counting.peak == 3  # the client's batch, neither more nor fewer
     with pytest.raises(ValueError, match="max_connections=0"):
